@@ -1,0 +1,41 @@
+"""Shared fixtures: the released protocol strings and a small tiny model built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests must never reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _find_protocol_dir() -> Path:
+    """``shared/protocol`` lives beside the checkout (CI) or inside it (device runs)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "shared" / "protocol", here.parent / "shared" / "protocol"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("shared/protocol fixtures not found beside or inside the checkout")
+
+
+PROTOCOL_DIR = _find_protocol_dir()
+
+
+def protocol_text(name: str) -> str:
+    return (PROTOCOL_DIR / name).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """(model, processor) of the tiny-1m preset, saved and reloaded through load_model."""
+    from pixelreasoner.models.loading import load_model
+    from pixelreasoner.models.tiny import save_tiny_model
+
+    out = save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-1m", preset="tiny-1m", seed=0)
+    model, processor = load_model(out, dtype=torch.float32)
+    return model, processor
