@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelreasoner.vision.budget import PixelRange, TOKEN_PX, released_eval, released_train, smart_resize
+from pixelreasoner.vision.budget import TOKEN_PX, PixelRange, released_eval, released_train, smart_resize
 from pixelreasoner.vision.ops import (
     VisualContext,
     crop_image_normalized,
@@ -83,8 +83,9 @@ def test_crop_returns_resized_region_and_exact_text() -> None:
 
 
 def test_eval_budget_upscales_small_crops() -> None:
-    result = crop_image_normalized(VisualContext(images=[coded_image(640, 480)]), [0.42, 0.31, 0.58, 0.47], 1,
-                                   released_eval())
+    result = crop_image_normalized(
+        VisualContext(images=[coded_image(640, 480)]), [0.42, 0.31, 0.58, 0.47], 1, released_eval()
+    )
     w, h = result.images[0].size
     assert w * h >= 256 * TOKEN_PX and w % 28 == 0 and h % 28 == 0
 
@@ -103,7 +104,18 @@ def test_eval_budget_upscales_small_crops() -> None:
         ([0.1, 0.2, float("inf"), 0.4], "finite"),
         ([0.1, 0.2, 10**400, 0.4], "out of range"),
     ],
-    ids=["inverted", "inverted-x", "three", "string", "string-value", "bool", "null", "nan", "inf", "huge-int"],
+    ids=[
+        "inverted",
+        "inverted-x",
+        "three",
+        "string",
+        "string-value",
+        "bool",
+        "null",
+        "nan",
+        "inf",
+        "huge-int",
+    ],
 )
 def test_bad_boxes_are_error_observations(bbox: object, message: str) -> None:
     result = crop_of(VisualContext(images=[coded_image(640, 480)]), bbox)
@@ -189,7 +201,11 @@ def test_select_frames_text_and_numbering_follow_the_release() -> None:
     first = select_frames(context, [3, 4], BUDGET)
     w, h = BUDGET.frames.target_size(320, 240)
     # the release counts the video as one item: the first selection is "Numbered 1 to 2"
-    assert first.text == frames_text(w, h, 1, 2) == f"\nHere are the selected frames (Frame Size: {w}x{h}, Numbered 1 to 2):"
+    assert (
+        first.text
+        == frames_text(w, h, 1, 2)
+        == f"\nHere are the selected frames (Frame Size: {w}x{h}, Numbered 1 to 2):"
+    )
     assert [im.size for im in first.images] == [(w, h)] * 2
     assert first.images[1].tobytes() == BUDGET.frames.resize(context.video[3]).tobytes()  # type: ignore[index]
     context.add(first)

@@ -29,7 +29,8 @@ DOOR = (
 )
 CROP_TURN = (
     "The umbrella is small in the image. I will zoom in to look closer.\n\n<tool_call>\n"
-    '{"name": "crop_image_normalized", "arguments": {"bbox_2d": [0.42, 0.31, 0.58, 0.47], "target_image": 1}}\n'
+    '{"name": "crop_image_normalized", "arguments": '
+    '{"bbox_2d": [0.42, 0.31, 0.58, 0.47], "target_image": 1}}\n'
     "</tool_call>"
 )
 IMG = Image.new("RGB", (64, 64), "white")
@@ -44,12 +45,18 @@ def test_system_messages_are_byte_identical() -> None:
     ("fixture", "conversation"),
     [
         ("rendered_first_turn_image_vcot.txt", lambda: Conversation.from_question(UMBRELLA, [IMG])),
-        ("rendered_first_turn_image_notool.txt", lambda: Conversation.from_question(UMBRELLA, [IMG], mode="notool")),
+        (
+            "rendered_first_turn_image_notool.txt",
+            lambda: Conversation.from_question(UMBRELLA, [IMG], mode="notool"),
+        ),
         (
             "rendered_first_turn_multi_image_vcot.txt",
             lambda: Conversation.from_question("Which of the two pictures shows more people?", [IMG, IMG]),
         ),
-        ("rendered_first_turn_video_vcot.txt", lambda: Conversation.from_question(DOOR, video=VideoPart(frames=(IMG,)))),
+        (
+            "rendered_first_turn_video_vcot.txt",
+            lambda: Conversation.from_question(DOOR, video=VideoPart(frames=(IMG,))),
+        ),
         ("rendered_first_turn_text_only_vcot.txt", lambda: Conversation.from_question("What is 12 * 7?")),
     ],
     ids=["image-vcot", "image-notool", "multi-image", "video", "text-only"],
@@ -68,13 +75,19 @@ def test_second_turn_after_crop_is_byte_identical() -> None:
 
 def test_suffix_gaps() -> None:
     assert question_text("Q").startswith("Q\n\n\n\nGuidelines:")
-    assert question_text("Q", "notool") == "Q\n\nPlease think step by step, and put your final answer within \\boxed{}."
+    assert (
+        question_text("Q", "notool")
+        == "Q\n\nPlease think step by step, and put your final answer within \\boxed{}."
+    )
     with pytest.raises(ValueError, match="unknown prompt mode"):
         question_text("Q", "cot")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- parsing
-CALL = '<tool_call>\n{"name": "crop_image_normalized", "arguments": {"bbox_2d": [0, 0, 1, 1], "target_image": 1}}\n</tool_call>'
+CALL = (
+    '<tool_call>\n{"name": "crop_image_normalized", '
+    '"arguments": {"bbox_2d": [0, 0, 1, 1], "target_image": 1}}\n</tool_call>'
+)
 
 
 @pytest.mark.parametrize(
@@ -93,15 +106,32 @@ CALL = '<tool_call>\n{"name": "crop_image_normalized", "arguments": {"bbox_2d": 
         ('<tool_call>{"arguments": {}}</tool_call>', True, '"name" string'),
         ('<tool_call>{"name": "zoom", "arguments": {}}</tool_call>', True, "Unknown tool 'zoom'"),
         ('<tool_call>{"name": "select_frames", "arguments": [1]}</tool_call>', True, "must be a JSON object"),
-        ('<tool_call>{"name": "select_frames", "arguments": "{\\"target_frames\\": [1]}"}</tool_call>', True, None),
+        (
+            '<tool_call>{"name": "select_frames", "arguments": "{\\"target_frames\\": [1]}"}</tool_call>',
+            True,
+            None,
+        ),
         ("<tool_call>" + "[" * 100_000 + "</tool_call>", True, "not valid JSON"),
         # the last call counts: an earlier broken one is ignored
         ("<tool_call>{broken</tool_call> retry " + CALL, True, None),
     ],
     ids=[
-        "plain", "im-end", "two-end-tokens", "trailing-newline", "call-then-text", "answer", "empty",
-        "no-opening", "bad-json", "array", "no-name", "unknown-tool", "args-list", "args-string",
-        "deep-nesting", "last-call-counts",
+        "plain",
+        "im-end",
+        "two-end-tokens",
+        "trailing-newline",
+        "call-then-text",
+        "answer",
+        "empty",
+        "no-opening",
+        "bad-json",
+        "array",
+        "no-name",
+        "unknown-tool",
+        "args-list",
+        "args-string",
+        "deep-nesting",
+        "last-call-counts",
     ],
 )
 def test_parse_turn(text: str, tool_call: bool, error: str | None) -> None:
@@ -150,7 +180,9 @@ json_scalars = st.one_of(
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=12,
 )
 arguments = st.fixed_dictionaries(
@@ -171,7 +203,12 @@ fragments = st.sampled_from(["<tool_call>", "</tool_call>", "<|im_end|>", "{", "
 turn_texts = st.one_of(
     noise,
     st.builds(lambda pre, body: f"{pre}<tool_call>\n{body}\n</tool_call>", noise, call_payloads),
-    st.builds(lambda pre, body, post: f"{pre}<tool_call>{body}</tool_call>{post}", noise, noise, st.sampled_from(["", "<|im_end|>"])),
+    st.builds(
+        lambda pre, body, post: f"{pre}<tool_call>{body}</tool_call>{post}",
+        noise,
+        noise,
+        st.sampled_from(["", "<|im_end|>"]),
+    ),
     st.lists(st.one_of(fragments, noise), max_size=12).map("".join),
     st.builds(lambda body: f"<tool_call>{body[:-3]}</tool_call>", call_payloads),  # truncated JSON
 )
@@ -199,8 +236,12 @@ def test_fuzz_execute_turn_never_raises(text: str, kind: str) -> None:
 
 
 @settings(max_examples=1500, deadline=None)
-@given(bbox=st.lists(st.floats(-5, 5) | st.integers(-50, 800), min_size=4, max_size=4), target=st.integers(-2, 4))
+@given(
+    bbox=st.lists(st.floats(-5, 5) | st.integers(-50, 800), min_size=4, max_size=4), target=st.integers(-2, 4)
+)
 def test_fuzz_crop_geometry_always_valid(bbox: list[float], target: int) -> None:
-    payload = json.dumps({"name": "crop_image_normalized", "arguments": {"bbox_2d": bbox, "target_image": target}})
+    payload = json.dumps(
+        {"name": "crop_image_normalized", "arguments": {"bbox_2d": bbox, "target_image": target}}
+    )
     text = f"<tool_call>\n{payload}\n</tool_call>"
     check_observation(execute_turn(text, CONTEXTS["image"](), BUDGET), text)

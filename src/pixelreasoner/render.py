@@ -203,7 +203,11 @@ class Renderer:
     # -- images -----------------------------------------------------------------------------
     def load_image(self, part: ImagePart) -> Image.Image:
         """The image as the model will see it (input budget applied to the query's own images)."""
-        image = part.image if part.image is not None else load_image(part.path or "", max_pixels=self.budget.max_decode_pixels)
+        image = (
+            part.image
+            if part.image is not None
+            else load_image(part.path or "", max_pixels=self.budget.max_decode_pixels)
+        )
         if not part.returned:
             image = self.budget.inputs.resize(image, self.budget.factor)
         return image
@@ -219,7 +223,11 @@ class Renderer:
         return np.asarray(out["pixel_values"], dtype=np.float32), grids
 
     def encode_video(self, part: VideoPart) -> tuple[np.ndarray, tuple[int, int, int]]:
-        frames = list(part.frames) if part.frames else load_frames(list(part.paths), max_pixels=self.budget.max_decode_pixels)
+        frames = (
+            list(part.frames)
+            if part.frames
+            else load_frames(list(part.paths), max_pixels=self.budget.max_decode_pixels)
+        )
         return encode_video(frames, self.budget.video, self.patch)
 
     # -- rendering --------------------------------------------------------------------------

@@ -109,7 +109,9 @@ class Turn:
             TurnKind.OBSERVATION: ("user",),
         }[self.kind]
         if self.role not in expected:
-            raise ValueError(f"a {self.kind.value} turn must have role {' or '.join(expected)}, not {self.role}")
+            raise ValueError(
+                f"a {self.kind.value} turn must have role {' or '.join(expected)}, not {self.role}"
+            )
         if self.token_ids is not None and self.role != "assistant":
             raise ValueError("only assistant turns carry sampled token ids")
 

@@ -34,7 +34,10 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A tool call as the model wrote it. ``error`` says why it could not be read (then name/arguments may be None)."""
+    """A tool call as the model wrote it.
+
+    ``error`` says why it could not be read; then ``name`` and ``arguments`` may be ``None``.
+    """
 
     raw: str
     name: str | None = None
@@ -86,7 +89,9 @@ def parse_tool_call(text: str) -> ToolCall:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "it is nested too deeply"
         return ToolCall(raw=raw, error=f"The tool call is not valid JSON ({reason}).")
     if not isinstance(payload, dict):
-        return ToolCall(raw=raw, error='The tool call must be a JSON object {"name": ..., "arguments": {...}}.')
+        return ToolCall(
+            raw=raw, error='The tool call must be a JSON object {"name": ..., "arguments": {...}}.'
+        )
     name = payload.get("name")
     if not isinstance(name, str):
         return ToolCall(raw=raw, error='The tool call needs a "name" string.')
@@ -101,7 +106,9 @@ def parse_tool_call(text: str) -> ToolCall:
         return ToolCall(raw=raw, name=name, error='"arguments" must be a JSON object.')
     if name not in TOOL_NAMES:
         known = ", ".join(sorted(TOOL_NAMES))
-        return ToolCall(raw=raw, name=name, arguments=arguments, error=f"Unknown tool {name!r}; use one of: {known}.")
+        return ToolCall(
+            raw=raw, name=name, arguments=arguments, error=f"Unknown tool {name!r}; use one of: {known}."
+        )
     return ToolCall(raw=raw, name=name, arguments=arguments)
 
 

@@ -169,7 +169,9 @@ def pixel_box(bbox: Sequence[float], width: int, height: int) -> tuple[int, int,
 
 def _bbox(value: object) -> tuple[float, float, float, float]:
     if not isinstance(value, list | tuple) or len(value) != 4:
-        raise OperationError(f"`bbox_2d` must be a list of four numbers [x1, y1, x2, y2], got {_show(value)}.")
+        raise OperationError(
+            f"`bbox_2d` must be a list of four numbers [x1, y1, x2, y2], got {_show(value)}."
+        )
     x1, y1, x2, y2 = (_number(v, "bbox_2d") for v in value)
     if x1 > x2 or y1 > y2:
         raise OperationError(
@@ -205,7 +207,9 @@ def crop_image_normalized(
     except OperationError as exc:
         return Observation.failure(str(exc), CROP_TOOL)
     except AspectRatioError:
-        return Observation.failure(f"The cropped region is too elongated ({w}x{h}); choose a squarer box.", CROP_TOOL)
+        return Observation.failure(
+            f"The cropped region is too elongated ({w}x{h}); choose a squarer box.", CROP_TOOL
+        )
     return Observation(text=crop_text(crop.width, crop.height), images=(crop,), tool=CROP_TOOL)
 
 
@@ -216,7 +220,9 @@ def select_frames(context: VisualContext, target_frames: object, budget: PixelBu
             raise OperationError("`select_frames` works on a video, but this query has no video.")
         count = len(context.video)
         if not isinstance(target_frames, list | tuple):
-            raise OperationError(f"`target_frames` must be a list of frame numbers, got {_show(target_frames)}.")
+            raise OperationError(
+                f"`target_frames` must be a list of frame numbers, got {_show(target_frames)}."
+            )
         if not target_frames:
             raise OperationError("`target_frames` is empty; select at least one frame.")
         if len(target_frames) > MAX_SELECTED_FRAMES:

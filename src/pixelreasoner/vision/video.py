@@ -47,8 +47,8 @@ class PatchSpec:
             patch_size=int(getattr(processor, "patch_size", 14)),
             merge_size=int(getattr(processor, "merge_size", 2)),
             temporal_patch_size=int(getattr(processor, "temporal_patch_size", 2)),
-            mean=tuple(getattr(processor, "image_mean", cls.mean)),  # type: ignore[arg-type]
-            std=tuple(getattr(processor, "image_std", cls.std)),  # type: ignore[arg-type]
+            mean=tuple(getattr(processor, "image_mean", cls.mean)),
+            std=tuple(getattr(processor, "image_std", cls.std)),
             rescale=float(getattr(processor, "rescale_factor", 1 / 255)),
         )
 
@@ -76,9 +76,7 @@ def patchify_video(frames: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, tup
     return np.ascontiguousarray(flat, dtype=np.float32), (grid_t, grid_h, grid_w)
 
 
-def normalize_frames(
-    frames: Sequence[Image.Image], pixel_range: PixelRange, spec: PatchSpec
-) -> np.ndarray:
+def normalize_frames(frames: Sequence[Image.Image], pixel_range: PixelRange, spec: PatchSpec) -> np.ndarray:
     """Resize frames to one common size within ``pixel_range`` and normalize: ``[T, C, H, W]``."""
     if not frames:
         raise ValueError("a video needs at least one frame")
@@ -89,8 +87,9 @@ def normalize_frames(
         if rgb.size != size:
             rgb = rgb.resize(size, Image.Resampling.BICUBIC)
         arrays.append(np.asarray(rgb, dtype=np.float32))
-    stacked = np.stack(arrays) * spec.rescale  # [T, H, W, C]
-    stacked = (stacked - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    stacked: np.ndarray = (np.stack(arrays) * np.float32(spec.rescale) - mean) / std  # [T, H, W, C]
     return stacked.transpose(0, 3, 1, 2)
 
 
