@@ -47,12 +47,7 @@ class VLProcessor:
 
     def token_id(self, token: str) -> int:
         """The id of a single-token string; ``KeyError`` if the tokenizer does not have it as one token."""
-        tid = self.tokenizer.convert_tokens_to_ids(token)
-        if not isinstance(tid, int) or (
-            tid == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token
-        ):
-            raise KeyError(f"the tokenizer has no single token {token!r}")
-        return tid
+        return single_token_id(self.tokenizer, token)
 
     @property
     def image_token_id(self) -> int:

@@ -31,7 +31,10 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from pixelreasoner.models.loading import VLProcessor, single_token_id
-from pixelreasoner.protocol.chat_template import CHAT_TEMPLATE, DEFAULT_SYSTEM
+from pixelreasoner.protocol.chat_template import CHAT_TEMPLATE
+from pixelreasoner.protocol.prompts import question_text
+from pixelreasoner.protocol.tools import system_message
+from pixelreasoner.vision.ops import crop_text, error_text, frames_text
 
 __all__ = [
     "ADDED_TOKENS",
@@ -142,42 +145,17 @@ def _tool_call(name: str, arguments: dict[str, object]) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
-def _tool_schemas() -> str:
-    # The tool signatures as they appear in the system prompt (one JSON object per line).
-    crop = {
-        "type": "function",
-        "function": {
-            "name": "crop_image_normalized",
-            "description": "Zoom in on the image based on the bounding box coordinates.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "bbox_2d": {"type": "array", "items": {"type": "number"}},
-                    "target_image": {"type": "number"},
-                },
-                "required": ["bbox_2d", "target_image"],
-            },
-        },
-    }
-    frames = {
-        "type": "function",
-        "function": {
-            "name": "select_frames",
-            "description": "Select frames from a video.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "target_frames": {"type": "array", "items": {"type": "integer"}},
-                },
-                "required": ["target_frames"],
-            },
-        },
-    }
-    return "<tools>\n" + json.dumps(crop) + "\n" + json.dumps(frames) + "\n</tools>"
-
-
 def _default_corpus() -> tuple[str, ...]:
-    texts: list[str] = [DEFAULT_SYSTEM, _PROSE, _tool_schemas()]
+    # The protocol's own strings, so prompts and observations tokenize compactly.
+    texts: list[str] = [
+        system_message(with_tools=True),
+        question_text("", "vcot"),
+        question_text("", "notool"),
+        crop_text(224, 168),
+        frames_text(112, 84, 1, 4),
+        error_text("The cropped region is too small."),
+        _PROSE,
+    ]
     words = _WORDS.split()
     # Each word both at a line start and after a space: byte-level BPE sees " word" and "word" as
     # different pre-tokens, and both occur in real prompts.

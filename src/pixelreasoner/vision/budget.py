@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from pixelreasoner.vision.images import DEFAULT_MAX_PIXELS
+
 TOKEN_PX = 28 * 28
 """Pixels per merged vision token (14 px patch, 2x2 spatial merge)."""
 
@@ -108,7 +110,7 @@ class PixelBudget:
     video: PixelRange
     processor: PixelRange
     factor: int = 28
-    max_decode_pixels: int = 128_000_000
+    max_decode_pixels: int = DEFAULT_MAX_PIXELS
 
     def replace(self, **changes: object) -> PixelBudget:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
