@@ -1,0 +1,46 @@
+"""The command line: help texts, tiny-model, and the demo (the current main job)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pixelreasoner.cli import main
+from pixelreasoner.models.loading import load_model
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["tiny-model", "--help"]])
+def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "usage: pixelreasoner" in capsys.readouterr().out
+
+
+def test_tiny_model_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["tiny-model", str(tmp_path / "m"), "--preset", "tiny-1m", "--seed", "3"]) == 0
+    assert "parameters: 930,752" in capsys.readouterr().out
+    model, processor = load_model(tmp_path / "m")
+    assert model.config.model_type == "qwen2_5_vl" and processor.im_end_id >= 0
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "observation: '\\nHere is the cropped image" in out
+    record = json.loads((tmp_path / "demo" / "conversation.json").read_text())
+    kinds = [t["kind"] for t in record["turns"]]
+    assert kinds == ["prompt", "prompt", "model", "observation", "model"]
+    assert record["learned_tokens"] > 0 and record["image_tokens"] > 0
+    assert (tmp_path / "demo" / "returned_1.png").exists()
+    # a second run reuses the saved model and gives the same record
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    again = json.loads((tmp_path / "demo" / "conversation.json").read_text())
+    assert again == record
+
+
+def test_budgets_command(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["budgets"]) == 0
+    out = capsys.readouterr().out
+    assert "released-train" in out and "2000" in out
