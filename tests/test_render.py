@@ -119,8 +119,9 @@ def test_vision_inputs_match_tokens(tiny) -> None:  # type: ignore[no-untyped-de
     assert (types == IMAGE).sum() == sum(t * h * w // 4 for t, h, w in seq.image_grid_thw)
     assert seq.pixel_values is not None
     assert seq.pixel_values.shape[0] == sum(t * h * w for t, h, w in seq.image_grid_thw)
-    # the question image was resized into the tiny input budget: 224x168 already fits
-    assert seq.image_grid_thw[0] == (1, 168 // 14, 224 // 14)
+    # the question image was resized into the tiny input budget
+    width, height = BUDGET.inputs.target_size(224, 168)
+    assert seq.image_grid_thw[0] == (1, height // 14, width // 14)
 
 
 def test_sampled_token_ids_are_spliced_verbatim(tiny) -> None:  # type: ignore[no-untyped-def]
@@ -224,7 +225,8 @@ def test_images_by_path_and_broken_files(tiny, tmp_path) -> None:  # type: ignor
     good = tmp_path / "good.png"
     picture().save(good)
     seq = renderer.render(Conversation.from_question("Q", [ImagePart(path=str(good))]))
-    assert seq.image_grid_thw == [(1, 12, 16)]
+    width, height = BUDGET.inputs.target_size(224, 168)
+    assert seq.image_grid_thw == [(1, height // 14, width // 14)]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match=r"broken\.png"):

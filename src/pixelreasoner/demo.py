@@ -76,8 +76,8 @@ def run_demo(
 
     image = demo_image()
     image.save(out_dir / "question.png")
-    context = VisualContext(images=[budget.inputs.resize(image, budget.factor)])
-    conversation = Conversation.from_question(QUESTION, [context.images[0]])
+    context = VisualContext.for_query([image], budget=budget)
+    conversation = Conversation.from_question(QUESTION, [image])
 
     batch = renderer([conversation], add_generation_prompt=True)
     with torch.no_grad():

@@ -102,6 +102,9 @@ class PixelBudget:
       image already inside them passes unchanged).
     - ``max_decode_pixels``: images larger than this are refused before decoding (bounds memory
       and stops decompression bombs).
+    - ``crop_from_original``: cut crops from the decoded original instead of the downscaled
+      image the model saw. The release cut from the downscaled image, so a crop held no detail
+      the global view lacked, only more tokens. Pixel boxes refer to the model's view either way.
     """
 
     inputs: PixelRange
@@ -111,13 +114,14 @@ class PixelBudget:
     processor: PixelRange
     factor: int = 28
     max_decode_pixels: int = DEFAULT_MAX_PIXELS
+    crop_from_original: bool = True
 
     def replace(self, **changes: object) -> PixelBudget:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 def released_train() -> PixelBudget:
-    """The release's training (RL rollout) values.
+    """The release's training (RL rollout) values (with crops from originals; see ``crop_from_original``).
 
     Inputs ≤ 2000 tokens and crops 4..1000 tokens (SPEC §2). Returned frames use the crop range
     (the release read a separate, undocumented ``select_maxsize``). Input video frames use
@@ -145,12 +149,18 @@ def released_eval() -> PixelBudget:
 
 
 def tiny() -> PixelBudget:
-    """Small images for the CPU default: a few dozen tokens per image."""
+    """The CPU default, sized for the synthetic task families (:mod:`pixelreasoner.tasks`).
+
+    A 560 px canvas becomes a 140 px global view (25 tokens: one merged token per 112 px cell,
+    too coarse for the fine patterns); a padded one-cell crop (168..224 px) fits the crop range
+    unresized, so patch-aligned patterns stay intact. Video frames of 112 px are shown at 28 px
+    in the video (the same 4x reduction) and come back at 112 px when selected.
+    """
     return PixelBudget(
-        inputs=PixelRange(_px(4), _px(144)),
+        inputs=PixelRange(_px(4), _px(25)),
         crops=PixelRange(_px(4), _px(144)),
         frames=PixelRange(_px(4), _px(64)),
-        video=PixelRange(_px(4), _px(16)),
+        video=PixelRange(_px(1), _px(1)),
         processor=PixelRange(_px(1), _px(1024)),
     )
 

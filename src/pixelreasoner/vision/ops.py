@@ -81,21 +81,55 @@ class OperationError(Exception):
 class VisualContext:
     """The images one trajectory can operate on.
 
-    ``images`` are the query's images as the model sees them (already resized to the input
-    budget: pixel boxes refer to them, and crops are cut from them, as in the release);
-    ``video`` holds a video query's frames as decoded; ``returned`` grows with every image an
-    operation returned.
+    - ``images``: the query's images that crops are cut from;
+    - ``view_sizes``: the (width, height) at which the model sees each of them. Pixel boxes
+      refer to this size, since it is the image the model looked at. ``None`` means the images'
+      own sizes;
+    - ``video``: a video query's frames as decoded;
+    - ``returned``: grows with every image an operation returned.
+
+    Build it with :meth:`for_query`, which follows ``budget.crop_from_original``.
     """
 
     images: list[Image.Image] = field(default_factory=list)
     video: list[Image.Image] | None = None
     returned: list[Image.Image] = field(default_factory=list)
+    view_sizes: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.video is not None and self.images:
             raise ValueError("a query has either images or one video, not both")
         if self.video is not None and not self.video:
             raise ValueError("a video needs at least one frame")
+        if self.view_sizes is not None and len(self.view_sizes) != len(self.images):
+            raise ValueError("view_sizes needs one (width, height) per image")
+
+    @classmethod
+    def for_query(
+        cls,
+        images: Sequence[Image.Image] = (),
+        video: Sequence[Image.Image] | None = None,
+        *,
+        budget: PixelBudget,
+    ) -> VisualContext:
+        """The context of a fresh query. ``images`` are the decoded originals.
+
+        With ``budget.crop_from_original`` (the default), crops are cut from the originals, so
+        zooming recovers detail that the downscaled global view lost; otherwise from the images
+        as the model sees them (the released behaviour).
+        """
+        views = [budget.inputs.target_size(im.width, im.height, budget.factor) for im in images]
+        if budget.crop_from_original:
+            return cls(images=list(images), video=None if video is None else list(video), view_sizes=views)
+        resized = [budget.inputs.resize(im, budget.factor) for im in images]
+        return cls(images=resized, video=None if video is None else list(video))
+
+    def view_size(self, index: int) -> tuple[int, int]:
+        """(width, height) the model sees crop target ``index`` (0-based) at."""
+        target = self.crop_targets()[index]
+        if self.view_sizes is not None and self.video is None and index < len(self.images):
+            return self.view_sizes[index]
+        return target.size
 
     @property
     def is_video(self) -> bool:
@@ -150,7 +184,7 @@ def normalized_box(bbox: Sequence[float], width: int, height: int) -> tuple[floa
 
     A box whose values are all ≤ 1 is already normalized (the release tested ``< 1`` and so
     read a normalized box touching the border, e.g. ``[0.5, 0.5, 1.0, 1.0]``, as pixels);
-    otherwise it is in pixels of the image being cropped.
+    otherwise it is in pixels of a ``width`` x ``height`` image (the one the model saw).
     """
     x1, y1, x2, y2 = bbox
     if not all(v <= 1 for v in bbox):
@@ -161,9 +195,16 @@ def normalized_box(bbox: Sequence[float], width: int, height: int) -> tuple[floa
     return x1, y1, x2, y2
 
 
-def pixel_box(bbox: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """The integer pixel box that is cut: the normalized box scaled and rounded as PIL rounds."""
-    x1, y1, x2, y2 = normalized_box(bbox, width, height)
+def pixel_box(
+    bbox: Sequence[float], width: int, height: int, view: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """The integer box cut from a ``width`` x ``height`` image, rounded as PIL rounds float boxes.
+
+    ``view`` is the (width, height) pixel boxes refer to, when the model saw the image at
+    another size than the one cut from.
+    """
+    vw, vh = view or (width, height)
+    x1, y1, x2, y2 = normalized_box(bbox, vw, vh)
     return round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)
 
 
@@ -195,7 +236,7 @@ def crop_image_normalized(
         index = _index(target_image, "target_image", len(targets), what)
         box = _bbox(bbox_2d)
         source = targets[index - 1]
-        left, top, right, bottom = pixel_box(box, source.width, source.height)
+        left, top, right, bottom = pixel_box(box, source.width, source.height, context.view_size(index - 1))
         w, h = right - left, bottom - top
         if w <= MIN_CROP_SIDE or h <= MIN_CROP_SIDE:
             raise OperationError(

@@ -1,0 +1,302 @@
+"""Four synthetic task families that make pixel-space reasoning necessary.
+
+Each mirrors one of the paper's benchmarks; in each, *where to look* is coarse and visible in
+the global view (a red cell or frame) while *what is there* is a fine pattern that only a crop
+(or a selected frame) at native resolution shows:
+
+- ``needle`` (V*-like): which pattern fills the red cell of a 5x5 lattice; multiple choice.
+- ``count`` (TallyQA-like): how many striped squares lie inside the red cell; a number.
+- ``read`` (InfoVQA-like): which number is drawn (in pattern strokes) in the red panel; free form.
+- ``frames`` (MVBench-like): which pattern the red frame of a 16-frame clip shows; multiple choice.
+
+Every family is deterministic in its seed and can re-render an item with another answer while
+everything else stays the same (:meth:`Family.sample` with ``answer=``); the legibility check
+(:mod:`pixelreasoner.tasks.legibility`) uses these counterfactuals. Difficulty knobs are the
+dataclass fields; the defaults are what the tiny CPU model is trained on. ``contrast`` (default 0.5)
+squeezes the grey range, which shrinks the faint edge lines a downscale leaves (see
+:mod:`pixelreasoner.tasks.drawing`); 1.0 is full black on white.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from pixelreasoner.tasks.drawing import BALANCED, MARKER, WHITE, Canvas, Lattice, digit_mask
+
+LETTERS = "ABCDEFGH"
+MC_SUFFIX = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass
+class Sample:
+    """One generated question: images (or a video's frames), answer, cue and extra facts.
+
+    ``meta`` holds ``cell`` (row, col) or ``frame``, the answer's text for multiple choice, and
+    a ``global_question`` / ``global_answer`` pair answerable from the global view alone (used
+    for text-only traces).
+    """
+
+    question: str
+    answer: str
+    images: list[Image.Image]
+    is_video: bool = False
+    choices: list[str] | None = None
+    cue_bbox: list[float] | None = None
+    cue_frames: list[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Family(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def sample(self, seed: int, answer: str | None = None) -> Sample: ...
+
+    def answer_space(self, sample: Sample) -> list[str]:
+        """Answers to render counterfactuals for (all of them, or a sample for large spaces)."""
+        ...
+
+
+def _choices_question(stem: str, choices: list[str]) -> str:
+    options = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
+    return f"{stem}\n{options}\n{MC_SUFFIX}"
+
+
+def _pick_target(rng: np.random.Generator, grid: int) -> tuple[int, int]:
+    row, col = rng.integers(grid, size=2)
+    return int(row), int(col)
+
+
+def _row_question(grid: int) -> str:
+    return f"In which row of the {grid}x{grid} grid is the red cell? Answer with a number from 1 to {grid}."
+
+
+@dataclass(frozen=True)
+class Needle:
+    """Which pattern fills the red cell. Knobs: lattice, pattern set, share of patterned distractors."""
+
+    lattice: Lattice = field(default_factory=Lattice)
+    patterns: tuple[str, ...] = BALANCED
+    distractor_share: float = 1.0
+    shuffle_choices: bool = False
+    contrast: float = 0.5
+    name: str = "needle"
+
+    def sample(self, seed: int, answer: str | None = None) -> Sample:
+        rng = np.random.default_rng(seed)
+        g = self.lattice.grid
+        row, col = _pick_target(rng, g)
+        cells = rng.integers(len(self.patterns), size=(g, g))
+        filled = rng.random((g, g)) < self.distractor_share
+        order = rng.permutation(len(self.patterns)) if self.shuffle_choices else np.arange(len(self.patterns))
+        choices = [self.patterns[i] for i in order]
+        if answer is not None:
+            cells[row, col] = self.patterns.index(choices[LETTERS.index(answer)])
+        filled[row, col] = True
+        canvas = Canvas(self.lattice.size, self.lattice.size)
+        for r in range(g):
+            for c in range(g):
+                paper = MARKER if (r, c) == (row, col) else WHITE
+                pattern = self.patterns[cells[r, c]] if filled[r, c] else None
+                canvas.fill(self.lattice.pixel_box(r, c), paper, pattern)
+        target = self.patterns[cells[row, col]]
+        letter = LETTERS[choices.index(target)]
+        return Sample(
+            question=_choices_question("What pattern fills the red cell?", choices),
+            answer=letter,
+            images=[canvas.image(self.contrast)],
+            choices=choices,
+            cue_bbox=self.lattice.box(row, col),
+            meta={
+                "cell": [row, col],
+                "answer_text": target,
+                "grid": g,
+                "global_question": _row_question(g),
+                "global_answer": str(row + 1),
+            },
+        )
+
+    def answer_space(self, sample: Sample) -> list[str]:
+        return list(LETTERS[: len(self.patterns)])
+
+
+@dataclass(frozen=True)
+class Count:
+    """How many squares of ``objects`` pattern lie in the red cell (on a ``background`` pattern).
+
+    Knobs: lattice, square size (``object_px``: 28 = one merged vision token; 14 is harder),
+    the largest count.
+    """
+
+    lattice: Lattice = field(default_factory=Lattice)
+    object_px: int = 28
+    max_count: int = 4
+    background: str = "fine checkerboard"
+    objects: str = "coarse checkerboard"
+    contrast: float = 0.5
+    name: str = "count"
+
+    def sample(self, seed: int, answer: str | None = None) -> Sample:
+        rng = np.random.default_rng(seed)
+        g, cell = self.lattice.grid, self.lattice.cell
+        slots_per_side = cell // self.object_px
+        row, col = _pick_target(rng, g)
+        counts = rng.integers(self.max_count + 1, size=(g, g))
+        # One permutation of slots per cell, always drawn, so changing one count moves nothing else.
+        orders = [rng.permutation(slots_per_side**2) for _ in range(g * g)]
+        if answer is not None:
+            counts[row, col] = int(answer)
+        canvas = Canvas(self.lattice.size, self.lattice.size)
+        for r in range(g):
+            for c in range(g):
+                paper = MARKER if (r, c) == (row, col) else WHITE
+                box = self.lattice.pixel_box(r, c)
+                canvas.fill(box, paper, self.background)
+                for slot in orders[r * g + c][: counts[r, c]]:
+                    sy, sx = divmod(int(slot), slots_per_side)
+                    x0, y0 = box[0] + sx * self.object_px, box[1] + sy * self.object_px
+                    canvas.fill((x0, y0, x0 + self.object_px, y0 + self.object_px), paper, self.objects)
+        return Sample(
+            question=f"How many squares of {self.objects} are inside the red cell? Answer with a number.",
+            answer=str(int(counts[row, col])),
+            images=[canvas.image(self.contrast)],
+            cue_bbox=self.lattice.box(row, col),
+            meta={
+                "cell": [row, col],
+                "grid": g,
+                "global_question": _row_question(g),
+                "global_answer": str(row + 1),
+            },
+        )
+
+    def answer_space(self, sample: Sample) -> list[str]:
+        return [str(n) for n in range(self.max_count + 1)]
+
+
+@dataclass(frozen=True)
+class Read:
+    """Which number is drawn in the red panel. Digits are drawn with ``stroke`` pattern on a
+    ``background`` pattern (same grey when downscaled); knobs: number of digits, glyph scale."""
+
+    lattice: Lattice = field(default_factory=Lattice)
+    digits: int = 2
+    scale: int = 6
+    stroke: str = "coarse checkerboard"
+    background: str = "fine checkerboard"
+    contrast: float = 0.5
+    name: str = "read"
+
+    def _number_range(self) -> tuple[int, int]:
+        low = 10 ** (self.digits - 1) if self.digits > 1 else 0
+        return low, 10**self.digits
+
+    def sample(self, seed: int, answer: str | None = None) -> Sample:
+        rng = np.random.default_rng(seed)
+        g = self.lattice.grid
+        row, col = _pick_target(rng, g)
+        low, high = self._number_range()
+        numbers = rng.integers(low, high, size=(g, g))
+        if answer is not None:
+            numbers[row, col] = int(answer)
+        canvas = Canvas(self.lattice.size, self.lattice.size)
+        for r in range(g):
+            for c in range(g):
+                paper = MARKER if (r, c) == (row, col) else WHITE
+                x0, y0, x1, y1 = self.lattice.pixel_box(r, c)
+                canvas.fill((x0, y0, x1, y1), paper, self.background)
+                glyph = digit_mask(str(int(numbers[r, c])), self.scale)
+                gh, gw = glyph.shape
+                gx, gy = x0 + (x1 - x0 - gw) // 2, y0 + (y1 - y0 - gh) // 2
+                canvas.fill((gx, gy, gx + gw, gy + gh), paper, self.stroke, where=glyph)
+        return Sample(
+            question="What number is written in the red panel? Answer with the number.",
+            answer=str(int(numbers[row, col])),
+            images=[canvas.image(self.contrast)],
+            cue_bbox=self.lattice.box(row, col),
+            meta={
+                "cell": [row, col],
+                "grid": g,
+                "global_question": _row_question(g),
+                "global_answer": str(row + 1),
+            },
+        )
+
+    def answer_space(self, sample: Sample) -> list[str]:
+        low, high = self._number_range()
+        if high - low <= 10:
+            return [str(n) for n in range(low, high)]
+        # Counterfactuals for a large answer space: the true answer and 9 others, fixed per item.
+        rng = np.random.default_rng(int(sample.answer))
+        others = [
+            n for n in rng.choice(np.arange(low, high), size=10, replace=False) if str(n) != sample.answer
+        ]
+        return [sample.answer, *[str(n) for n in others[:9]]]
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Which pattern the red frame of a clip shows. Knobs: frame count, frame size, pattern set."""
+
+    n_frames: int = 16
+    size: int = 112
+    patterns: tuple[str, ...] = BALANCED
+    contrast: float = 0.5
+    name: str = "frames"
+
+    def sample(self, seed: int, answer: str | None = None) -> Sample:
+        rng = np.random.default_rng(seed)
+        marked = int(rng.integers(self.n_frames))
+        kinds = rng.integers(len(self.patterns), size=self.n_frames)
+        choices = list(self.patterns)
+        if answer is not None:
+            kinds[marked] = LETTERS.index(answer)
+        frames = []
+        for k in range(self.n_frames):
+            canvas = Canvas(self.size, self.size)
+            canvas.fill(
+                (0, 0, self.size, self.size), MARKER if k == marked else WHITE, self.patterns[kinds[k]]
+            )
+            frames.append(canvas.image(self.contrast))
+        return Sample(
+            question=_choices_question(
+                "What pattern is shown in the frame with the red background?", choices
+            ),
+            answer=LETTERS[int(kinds[marked])],
+            images=frames,
+            is_video=True,
+            choices=choices,
+            cue_frames=[marked + 1],
+            meta={
+                "frame": marked + 1,
+                "answer_text": self.patterns[kinds[marked]],
+                "global_question": "Which frame has a red background? Answer with the frame number.",
+                "global_answer": str(marked + 1),
+            },
+        )
+
+    def answer_space(self, sample: Sample) -> list[str]:
+        return list(LETTERS[: len(self.patterns)])
+
+
+FAMILIES: dict[str, type[Needle] | type[Count] | type[Read] | type[Frames]] = {
+    "needle": Needle,
+    "count": Count,
+    "read": Read,
+    "frames": Frames,
+}
+
+
+def make_family(name: str, **knobs: Any) -> Family:
+    """A family by name with difficulty knobs overridden, e.g. ``make_family("read", digits=3)``."""
+    try:
+        cls = FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown task family {name!r}; choose from {', '.join(FAMILIES)}") from None
+    try:
+        return cls(**knobs)
+    except TypeError as exc:
+        raise ValueError(f"bad knob for family {name!r}: {exc}") from None
