@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pixelreasoner.tasks.families import Family
 
 DESCRIPTION = """\
 pixel-reasoner: teach vision-language models to reason in pixel space (zoom into images,
@@ -62,6 +66,176 @@ def _cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_knobs(pairs: Sequence[str], family: str) -> dict[str, object]:
+    """``key=value`` difficulty knobs, converted to the family field's type."""
+    import dataclasses
+
+    from pixelreasoner.tasks.families import FAMILIES
+
+    fields = {f.name: f for f in dataclasses.fields(FAMILIES[family])}
+    knobs: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields or key in ("name", "lattice"):
+            allowed = ", ".join(n for n in fields if n not in ("name", "lattice"))
+            raise SystemExit(f"bad knob {pair!r} for {family}; knobs are KEY=VALUE with KEY in: {allowed}")
+        default = getattr(FAMILIES[family](), key)
+        try:
+            if isinstance(default, bool):
+                knobs[key] = {"true": True, "false": False}[value.lower()]
+            elif isinstance(default, tuple):
+                knobs[key] = tuple(v.strip() for v in value.split(","))
+            else:
+                knobs[key] = type(default)(value)
+        except (ValueError, KeyError):
+            raise SystemExit(
+                f"knob {key} of {family} needs a {type(default).__name__}, got {value!r}"
+            ) from None
+    return knobs
+
+
+def _families(spec: str, knob_pairs: Sequence[str]) -> list[Family]:
+    from pixelreasoner.tasks.families import FAMILIES, make_family
+
+    names = list(FAMILIES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"unknown family {', '.join(unknown)}; choose from {', '.join(FAMILIES)} or 'all'")
+    if knob_pairs and len(names) != 1:
+        raise SystemExit("--knob applies to one family at a time; name a single --family")
+    return [make_family(n, **(_parse_knobs(knob_pairs, n) if knob_pairs else {})) for n in names]
+
+
+def _cmd_synth_tasks(args: argparse.Namespace) -> int:
+    from pixelreasoner.tasks.generate import generate_dataset
+
+    dataset = generate_dataset(_families(args.family, args.knob), args.n, Path(args.out), seed=args.seed)
+    print(dataset.summary())
+    return 0
+
+
+def _cmd_synth_traces(args: argparse.Namespace) -> int:
+    from pixelreasoner.data.formats import read_items, write_traces
+    from pixelreasoner.synth.teacher import OpenAITeacher
+    from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
+    from pixelreasoner.vision.budget import pixel_budget
+
+    loaded = read_items(Path(args.data))
+    print(loaded.summary())
+    shares = dict(pair.split("=", 1) for pair in args.mix) if args.mix else {}
+    try:
+        mix = TraceMix(**{k: float(v) for k, v in shares.items()}, text_only=args.text_only)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"bad --mix: {exc}") from None
+    writer = None
+    if args.teacher_url:
+        import os
+
+        key = os.environ.get(args.teacher_api_key_env) if args.teacher_api_key_env else None
+        writer = OpenAITeacher(base_url=args.teacher_url, model=args.teacher_model, api_key=key)
+    synthesizer = TraceSynthesizer(pixel_budget(args.budget), mix=mix, writer=writer, seed=args.seed)
+    conversations, qids, report = synthesizer.run(loaded.items, mode=args.mode)
+    path = write_traces(conversations, Path(args.out), qids=qids)
+    print(report.summary())
+    print(f"wrote {len(conversations)} traces to {path}")
+    return 0
+
+
+def _cmd_synth_legibility(args: argparse.Namespace) -> int:
+    from pixelreasoner.tasks.legibility import measure
+    from pixelreasoner.vision.budget import pixel_budget
+
+    for family in _families(args.family, args.knob):
+        print(
+            measure(
+                family, pixel_budget(args.budget), items=args.items, seed=args.seed, noise=args.noise
+            ).summary()
+        )
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    synth = sub.add_parser("synth", help="generate synthetic tasks and warm-start traces")
+    ssub = synth.add_subparsers(dest="synth_command", metavar="WHAT", required=True)
+
+    p = ssub.add_parser(
+        "tasks",
+        help="generate a synthetic task dataset (PNG images + items.parquet)",
+        description="Generate items of the synthetic families (needle: V*-like, count: "
+        "TallyQA-like, read: InfoVQA-like, frames: MVBench-like) into DIR/items.parquet and "
+        "DIR/images/. Deterministic in --seed.",
+    )
+    p.add_argument("--family", default="all", help="family name, comma-separated names, or 'all' (default)")
+    p.add_argument("--n", type=int, default=100, help="items per family (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="difficulty knob of a single family, e.g. digits=3 or contrast=1.0 (repeatable)",
+    )
+    p.set_defaults(func=_cmd_synth_tasks)
+
+    p = ssub.add_parser(
+        "traces",
+        help="synthesize warm-start SFT traces from an annotated dataset",
+        description="Build template-based multi-turn traces around each item's cue (box or "
+        "frames), with self-correction variants and text-only traces; every operation is "
+        "executed for real under the pixel budget. Writes the released message_list JSON "
+        "(.jsonl for JSON Lines) with erroneous turns marked.",
+    )
+    p.add_argument("--data", required=True, help="dataset directory or items.parquet")
+    p.add_argument("--out", required=True, help="output trace file (.json or .jsonl)")
+    p.add_argument(
+        "--mode",
+        choices=["vcot", "notool"],
+        default="vcot",
+        help="vcot: pixel-space traces (default); notool: direct answers for the text-only baseline",
+    )
+    p.add_argument(
+        "--mix",
+        action="append",
+        default=[],
+        metavar="VARIANT=SHARE",
+        help="variant shares: single, recrop_once, recrop_twice, zoom_further (sum 1), "
+        "video_single, video_reselect (sum 1); default 0.3/0.2/0.2/0.3 and 0.9/0.1",
+    )
+    p.add_argument("--text-only", type=float, default=0.25, help="share of text-only traces (default: 0.25)")
+    p.add_argument("--budget", default="tiny", help="pixel budget preset (default: tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seed for variants and wording (default: 0)")
+    p.add_argument(
+        "--teacher-url",
+        help="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) of a "
+        "teacher that writes the analysis text; templates are used when omitted",
+    )
+    p.add_argument("--teacher-model", default="gpt-4o", help="teacher model name (default: gpt-4o)")
+    p.add_argument(
+        "--teacher-api-key-env", metavar="VAR", help="name of the environment variable holding the key"
+    )
+    p.set_defaults(func=_cmd_synth_traces)
+
+    p = ssub.add_parser(
+        "legibility",
+        help="measure that answers are legible only after zooming",
+        description="Render counterfactual items (one per possible answer) and compare them in "
+        "the global view and in the zoomed view; prints grey-level differences and the accuracy "
+        "of a nearest-counterfactual oracle under pixel noise.",
+    )
+    p.add_argument("--family", default="all", help="family name(s) or 'all' (default)")
+    p.add_argument("--items", type=int, default=32, help="items per family (default: 32)")
+    p.add_argument(
+        "--noise", type=float, default=8.0, help="oracle's pixel noise in grey levels (default: 8)"
+    )
+    p.add_argument("--budget", default="tiny", help="pixel budget preset (default: tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument(
+        "--knob", action="append", default=[], metavar="KEY=VALUE", help="difficulty knob (one family)"
+    )
+    p.set_defaults(func=_cmd_synth_legibility)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pixelreasoner.models.tiny import PRESETS
 
@@ -98,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("budgets", help="print the pixel-budget presets (released train/eval, tiny)")
     p.set_defaults(func=_cmd_budgets)
+
+    _add_synth(sub)
     return parser
 
 

@@ -5,11 +5,12 @@ that (a) a 4x bicubic downscale turns every pattern's interior into the same gre
 (b) at native resolution each 14 px vision patch holds the pattern aligned the same way in
 every crop whose origin is a multiple of 14 px.
 
-Edges matter as much as interiors: where two patterns meet, the bicubic kernel's negative lobes
-leave a line in the downscaled image. Stripes leave 10–17 grey levels there (a square of
-vertical stripes shows its outline), so the default :data:`BALANCED` patterns alternate along
-*both* axes, which cancels the ringing to at most 2–4 levels on edge pixels. Stripes stay
-available as a knob for variants where the global view may leak shapes.
+Edges matter as much as interiors: where two patterns meet sharply, the bicubic kernel's
+negative lobes leave a line in the downscaled image. Stripes leave 10–17 grey levels there (a
+square of vertical stripes shows its outline); the :data:`BALANCED` patterns alternate along
+both axes and leave 2–4. :class:`Canvas` removes the rest by fading patterns in smoothly over
+the kernel's reach, so the downscale sees only each region's flat tone. Stripes and sharp
+edges stay available as knobs for variants where the global view may leak.
 """
 
 from __future__ import annotations
@@ -94,12 +95,43 @@ class Lattice:
         return [round(col / g, 3), round(row / g, 3), round((col + cols) / g, 3), round((row + rows) / g, 3)]
 
 
+def soften(mask: Mask, radius: int) -> np.ndarray:
+    """A bool mask as weights in [0, 1], blurred by a (2r+1)-px box filter (shapes kept, edges soft)."""
+    weights = mask.astype(np.float32)
+    if radius <= 0:
+        return weights
+    kernel = np.ones(2 * radius + 1, dtype=np.float32) / (2 * radius + 1)
+    padded = np.pad(weights, radius)
+    rows = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="valid"), 1, padded)
+    return np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="valid"), 0, rows)
+
+
+def envelope(height: int, width: int, fade: int) -> np.ndarray:
+    """Weights in [0, 1]: 1 inside, a raised-cosine ramp to 0 over ``fade`` px at the edges."""
+    if fade <= 0:
+        return np.ones((height, width), dtype=np.float32)
+
+    def ramp(n: int) -> np.ndarray:
+        distance = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float32)  # px to the nearer edge
+        t = np.clip((distance + 0.5) / fade, 0.0, 1.0)
+        return 0.5 - 0.5 * np.cos(np.pi * t)
+
+    return np.outer(ramp(height), ramp(width)).astype(np.float32)
+
+
 class Canvas:
-    """An RGB uint8 image painted with patterns in absolute coordinates."""
+    """An image built as a flat *tone* plus a pattern *detail* layer, in absolute coordinates.
+
+    A pattern is stored as its deviation (±half the paper–ink difference) around its mean tone,
+    weighted by a soft mask. With a fade as wide as the downscaling kernel, the kernel only ever
+    sees the tone: no pattern, and no boundary between two patterns, survives the global view.
+    The tone (e.g. the red marker) keeps sharp edges.
+    """
 
     def __init__(self, width: int, height: int, paper: tuple[int, int, int] = WHITE) -> None:
-        self.pixels = np.empty((height, width, 3), dtype=np.uint8)
-        self.pixels[:] = paper
+        self.tone = np.empty((height, width, 3), dtype=np.float32)
+        self.tone[:] = paper
+        self.detail = np.zeros((height, width, 3), dtype=np.float32)
         self.y, self.x = np.mgrid[0:height, 0:width]
 
     def fill(
@@ -109,25 +141,39 @@ class Canvas:
         pattern: str | None,
         ink: tuple[int, int, int] = BLACK,
         where: Mask | None = None,
+        fade: int = 0,
+        set_tone: bool = True,
     ) -> None:
-        """Paint ``box`` with ``paper`` and then ``pattern`` in ``ink`` (only where ``where``)."""
+        """Paint ``pattern`` (``ink`` on ``paper``) into ``box``, where ``where`` is true.
+
+        ``fade`` blends the pattern in over that many pixels from the box edge (cross-fading with
+        the pattern underneath); ``set_tone`` also sets the region's flat tone to the pattern's
+        mean colour (paper alone when ``pattern`` is None).
+        """
         x0, y0, x1, y1 = box
-        region = self.pixels[y0:y1, x0:x1]
-        keep = np.ones(region.shape[:2], dtype=bool) if where is None else where
-        region[keep] = paper
-        if pattern is not None:
-            ink_mask = PATTERNS[pattern](self.x[y0:y1, x0:x1], self.y[y0:y1, x0:x1]) & keep
-            region[ink_mask] = ink
+        weight = envelope(y1 - y0, x1 - x0, fade)
+        if where is not None:
+            weight = weight * where
+        paper_a, ink_a = np.asarray(paper, np.float32), np.asarray(ink, np.float32)
+        if set_tone:
+            inside = weight > 0 if where is not None else np.ones_like(weight, dtype=bool)
+            self.tone[y0:y1, x0:x1][inside] = paper_a if pattern is None else (paper_a + ink_a) / 2
+        if pattern is None:
+            new = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+        else:
+            is_ink = PATTERNS[pattern](self.x[y0:y1, x0:x1], self.y[y0:y1, x0:x1])
+            sign = np.where(is_ink[..., None], np.float32(-1.0), np.float32(1.0))
+            new = (sign * (paper_a - ink_a) / 2).astype(np.float32)
+        region = self.detail[y0:y1, x0:x1]
+        region[:] = (region * (1 - weight[..., None]) + new * weight[..., None]).astype(np.float32)
 
     def image(self, contrast: float = 1.0) -> Image.Image:
-        """The canvas as an image, its grey range squeezed to ``contrast`` around mid-grey.
+        """The canvas as an 8-bit image; ``contrast`` scales the pattern layer (not the tone).
 
-        Lower contrast shrinks the faint edge lines that survive downscaling (the leak) in
-        proportion, while the pattern at native resolution stays far above noise.
+        Lower contrast shrinks whatever faint trace of a pattern survives downscaling, while the
+        pattern at native resolution stays far above noise.
         """
         if not 0 < contrast <= 1:
             raise ValueError(f"contrast must be in (0, 1], got {contrast}")
-        if contrast == 1:
-            return Image.fromarray(self.pixels)
-        squeezed = 127.5 + (self.pixels.astype(np.float32) - 127.5) * contrast
-        return Image.fromarray(np.round(squeezed).astype(np.uint8))
+        pixels = self.tone + contrast * self.detail
+        return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))

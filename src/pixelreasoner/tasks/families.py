@@ -13,8 +13,9 @@ Every family is deterministic in its seed and can re-render an item with another
 everything else stays the same (:meth:`Family.sample` with ``answer=``); the legibility check
 (:mod:`pixelreasoner.tasks.legibility`) uses these counterfactuals. Difficulty knobs are the
 dataclass fields; the defaults are what the tiny CPU model is trained on. ``contrast`` (default 0.5)
-squeezes the grey range, which shrinks the faint edge lines a downscale leaves (see
-:mod:`pixelreasoner.tasks.drawing`); 1.0 is full black on white.
+scales the patterns, and ``fade`` (default 8 px, the bicubic kernel's reach at 4x) blends each
+pattern in smoothly, so that no pattern edge survives the global view (see
+:mod:`pixelreasoner.tasks.drawing`); ``contrast=1, fade=0`` gives sharp black-on-white patterns.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from pixelreasoner.tasks.drawing import BALANCED, MARKER, WHITE, Canvas, Lattice, digit_mask
+from pixelreasoner.tasks.drawing import BALANCED, MARKER, WHITE, Canvas, Lattice, digit_mask, soften
 
 LETTERS = "ABCDEFGH"
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -84,6 +85,7 @@ class Needle:
     distractor_share: float = 1.0
     shuffle_choices: bool = False
     contrast: float = 0.5
+    fade: int = 8
     name: str = "needle"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -102,7 +104,7 @@ class Needle:
             for c in range(g):
                 paper = MARKER if (r, c) == (row, col) else WHITE
                 pattern = self.patterns[cells[r, c]] if filled[r, c] else None
-                canvas.fill(self.lattice.pixel_box(r, c), paper, pattern)
+                canvas.fill(self.lattice.pixel_box(r, c), paper, pattern, fade=self.fade)
         target = self.patterns[cells[row, col]]
         letter = LETTERS[choices.index(target)]
         return Sample(
@@ -138,6 +140,7 @@ class Count:
     background: str = "fine checkerboard"
     objects: str = "coarse checkerboard"
     contrast: float = 0.5
+    fade: int = 8
     name: str = "count"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -155,11 +158,12 @@ class Count:
             for c in range(g):
                 paper = MARKER if (r, c) == (row, col) else WHITE
                 box = self.lattice.pixel_box(r, c)
-                canvas.fill(box, paper, self.background)
+                canvas.fill(box, paper, self.background, fade=self.fade)
                 for slot in orders[r * g + c][: counts[r, c]]:
                     sy, sx = divmod(int(slot), slots_per_side)
                     x0, y0 = box[0] + sx * self.object_px, box[1] + sy * self.object_px
-                    canvas.fill((x0, y0, x0 + self.object_px, y0 + self.object_px), paper, self.objects)
+                    square = (x0, y0, x0 + self.object_px, y0 + self.object_px)
+                    canvas.fill(square, paper, self.objects, fade=self.fade // 2, set_tone=False)
         return Sample(
             question=f"How many squares of {self.objects} are inside the red cell? Answer with a number.",
             answer=str(int(counts[row, col])),
@@ -188,6 +192,7 @@ class Read:
     stroke: str = "coarse checkerboard"
     background: str = "fine checkerboard"
     contrast: float = 0.5
+    fade: int = 8
     name: str = "read"
 
     def _number_range(self) -> tuple[int, int]:
@@ -207,11 +212,11 @@ class Read:
             for c in range(g):
                 paper = MARKER if (r, c) == (row, col) else WHITE
                 x0, y0, x1, y1 = self.lattice.pixel_box(r, c)
-                canvas.fill((x0, y0, x1, y1), paper, self.background)
-                glyph = digit_mask(str(int(numbers[r, c])), self.scale)
+                canvas.fill((x0, y0, x1, y1), paper, self.background, fade=self.fade)
+                glyph = soften(digit_mask(str(int(numbers[r, c])), self.scale), self.fade // 4)
                 gh, gw = glyph.shape
                 gx, gy = x0 + (x1 - x0 - gw) // 2, y0 + (y1 - y0 - gh) // 2
-                canvas.fill((gx, gy, gx + gw, gy + gh), paper, self.stroke, where=glyph)
+                canvas.fill((gx, gy, gx + gw, gy + gh), paper, self.stroke, where=glyph, set_tone=False)
         return Sample(
             question="What number is written in the red panel? Answer with the number.",
             answer=str(int(numbers[row, col])),
@@ -245,6 +250,7 @@ class Frames:
     size: int = 112
     patterns: tuple[str, ...] = BALANCED
     contrast: float = 0.5
+    fade: int = 8
     name: str = "frames"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -257,9 +263,8 @@ class Frames:
         frames = []
         for k in range(self.n_frames):
             canvas = Canvas(self.size, self.size)
-            canvas.fill(
-                (0, 0, self.size, self.size), MARKER if k == marked else WHITE, self.patterns[kinds[k]]
-            )
+            paper = MARKER if k == marked else WHITE
+            canvas.fill((0, 0, self.size, self.size), paper, self.patterns[kinds[k]], fade=self.fade)
             frames.append(canvas.image(self.contrast))
         return Sample(
             question=_choices_question(
