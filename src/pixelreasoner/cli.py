@@ -236,6 +236,32 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_cmd_synth_legibility)
 
 
+def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The optional recipe may be left out: then a first KEY=VALUE is an override."""
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from pixelreasoner.config import ConfigError, load_config
+    from pixelreasoner.train.sft import SFTConfig, train_sft
+
+    recipe, overrides = _recipe_and_overrides(args)
+    try:
+        config = load_config(SFTConfig, recipe, overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    result = train_sft(config)
+    last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+    print(
+        f"sft finished: {result.steps} steps, final loss {last}, {result.tokens_per_second:.0f} tokens/s, "
+        f"{result.skipped} traces skipped in training, {result.load_problems} unreadable records; "
+        f"model in {result.final_dir}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pixelreasoner.models.tiny import PRESETS
 
@@ -274,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_budgets)
 
     _add_synth(sub)
+
+    p = sub.add_parser(
+        "sft",
+        help="warm-start SFT on multi-turn traces",
+        description="Supervised fine-tuning on pixel-space traces (loss on the model's own "
+        "correct turns only). CONFIG is a YAML recipe (e.g. configs/sft_tiny.yaml); KEY=VALUE "
+        "overrides any field (lr=1e-5 batch_size=8 ...). Resumes from OUT_DIR's latest "
+        "checkpoint unless resume=false. Multi-process: accelerate launch -m pixelreasoner.cli sft ...",
+    )
+    p.add_argument("config", nargs="?", help="YAML recipe (fields of SFTConfig); defaults when omitted")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
+    p.set_defaults(func=_cmd_sft)
     return parser
 
 

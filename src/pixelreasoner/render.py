@@ -235,6 +235,7 @@ class Renderer:
         self,
         b: _Builder,
         turn: Turn,
+        learned: bool,
         images: list[Image.Image],
         videos: list[tuple[np.ndarray, tuple[int, int, int], float]],
     ) -> None:
@@ -243,14 +244,14 @@ class Renderer:
         if turn.token_ids is not None:
             # Sampled ids are authoritative: splice them in, learned if the turn is.
             ids = list(turn.token_ids)
-            b.ids_(ids, learned=turn.kind.learned)
+            b.ids_(ids, learned=learned)
             if not ids or ids[-1] != self.processor.im_end_id:
                 b.ids_([self.processor.im_end_id])  # the turn was cut off: close it, unlearned
             b.text("\n")
             return
         for part in turn.parts:
             if isinstance(part, Text):
-                b.text(part.text, learned=turn.kind.learned)
+                b.text(part.text, learned=learned)
             elif isinstance(part, ImagePart):
                 images.append(self.load_image(part))
                 b.ids_([self.processor.vision_start_token_id])
@@ -263,19 +264,30 @@ class Renderer:
                 b.ids_([self.processor.vision_start_token_id])
                 b.ids_([self.processor.video_token_id] * count, kind=VIDEO)
                 b.ids_([self.processor.vision_end_token_id])
-        b.text("<|im_end|>", learned=turn.kind.learned)
+        b.text("<|im_end|>", learned=learned)
         b.text("\n")
 
-    def render(self, conversation: Conversation, add_generation_prompt: bool = False) -> RenderedSequence:
-        """Render one conversation (no padding)."""
+    def render(
+        self,
+        conversation: Conversation,
+        add_generation_prompt: bool = False,
+        learn: Sequence[bool] | None = None,
+    ) -> RenderedSequence:
+        """Render one conversation (no padding).
+
+        ``learn`` overrides, per turn, whether an assistant turn is learned (default: its kind).
+        """
+        if learn is not None and len(learn) != len(conversation.turns):
+            raise ValueError(f"learn has {len(learn)} flags for {len(conversation.turns)} turns")
         b = _Builder(self.tokenizer)
         images: list[Image.Image] = []
         grids: list[tuple[int, int, int]] = []
         videos: list[tuple[np.ndarray, tuple[int, int, int], float]] = []
         spans: list[tuple[int, int]] = []
-        for turn in conversation.turns:
+        for index, turn in enumerate(conversation.turns):
             start = len(b)
-            self._turn(b, turn, images, videos)
+            learned = turn.kind.learned if learn is None else bool(learn[index]) and turn.role == "assistant"
+            self._turn(b, turn, learned, images, videos)
             spans.append((start, len(b)))
         if add_generation_prompt:
             b.text("<|im_start|>assistant\n")
@@ -325,6 +337,53 @@ class Renderer:
                 extra[pos + 1] = t * h * w // merge - 1
         shift = np.cumsum(extra)
         return [(int(s + shift[s]), int(e + shift[e])) for s, e in spans]
+
+    def truncate(self, seq: RenderedSequence, max_length: int) -> RenderedSequence:
+        """Cut ``seq`` to at most ``max_length`` tokens without splitting a vision block.
+
+        A cut that falls inside ``<|vision_start|> ... <|vision_end|>`` moves to before that
+        block; the pixel inputs of the images and videos cut away are dropped with it.
+        """
+        if len(seq) <= max_length:
+            return seq
+        starts = [
+            i
+            for i, t in enumerate(seq.input_ids[: max_length + 1])
+            if t == self.processor.vision_start_token_id
+        ]
+        cut = max_length
+        kept_images = kept_videos = 0
+        merge = self.patch.merge_size**2
+        image_grids, video_grids = iter(seq.image_grid_thw), iter(seq.video_grid_thw)
+        for start in starts:
+            kind = seq.mm_token_type_ids[start + 1] if start + 1 < len(seq) else TEXT
+            grids = image_grids if kind == IMAGE else video_grids
+            t, h, w = next(grids)
+            end = start + 1 + t * h * w // merge  # index of <|vision_end|>
+            if end >= cut:
+                cut = start
+                break
+            kept_images += kind == IMAGE
+            kept_videos += kind == VIDEO
+        image_rows = sum(t * h * w for t, h, w in seq.image_grid_thw[:kept_images])
+        video_rows = sum(t * h * w for t, h, w in seq.video_grid_thw[:kept_videos])
+        return RenderedSequence(
+            input_ids=seq.input_ids[:cut],
+            loss_mask=seq.loss_mask[:cut],
+            mm_token_type_ids=seq.mm_token_type_ids[:cut],
+            pixel_values=seq.pixel_values[:image_rows]
+            if kept_images and seq.pixel_values is not None
+            else None,
+            image_grid_thw=seq.image_grid_thw[:kept_images],
+            pixel_values_videos=(
+                seq.pixel_values_videos[:video_rows]
+                if kept_videos and seq.pixel_values_videos is not None
+                else None
+            ),
+            video_grid_thw=seq.video_grid_thw[:kept_videos],
+            second_per_grid_ts=seq.second_per_grid_ts[:kept_videos],
+            turn_spans=[(s, min(e, cut)) for s, e in seq.turn_spans if s < cut],
+        )
 
     def collate(self, sequences: Sequence[RenderedSequence], padding_side: str = "left") -> ModelInputs:
         """Pad rendered sequences into one batch (left padding by default, as generation needs)."""

@@ -1,0 +1,40 @@
+"""Distributed plumbing, in one place: accelerate decides DDP / FSDP / DeepSpeed from its config.
+
+Stage code asks this module for an :class:`~accelerate.Accelerator`, sums counts across
+processes, and never looks at ranks otherwise. Launch multi-process runs with
+``accelerate launch`` (or ``torchrun``); on CPU the backend is gloo.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+
+def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
+    """An Accelerator; ``cpu`` forces CPU (default: CPU when no GPU is visible)."""
+    use_cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    if use_cpu and mixed_precision == "fp16":
+        raise ValueError("fp16 mixed precision needs a GPU; use bf16 or no on CPU")
+    return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch; ``rank`` offsets the seed so processes sample differently."""
+    value = seed + rank
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def sum_across(accelerator: Accelerator, value: float | int) -> float:
+    """Sum a number over all processes."""
+    tensor = torch.tensor([float(value)], device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def world_size(accelerator: Accelerator) -> int:
+    return int(accelerator.num_processes)
