@@ -204,3 +204,61 @@ class Conversation:
                     content.append({"type": "video", "video": list(part.paths or part.frames)})
             messages.append({"role": turn.role, "content": content})
         return messages
+
+
+FinishReason = Literal["answer", "max_calls", "max_images", "max_tokens", "truncated", "backend_error", "bad_input"]
+
+
+@dataclass
+class Trajectory:
+    """One rollout: the conversation (with sampled ids and log-probs on model turns) and its counts.
+
+    - ``n_calls``: tool calls executed (an erroring call counts); a call past the limit is not;
+    - ``n_failed``: executed calls that returned an error observation;
+    - ``final_error``: the last executed call failed and no later call succeeded (the
+      "unrepaired final tool error" of the reward);
+    - ``finish_reason``: ``answer`` (a turn without a tool call), ``max_calls`` (a call past the
+      limit ends it unanswered), ``max_images``, ``max_tokens``, ``truncated`` (a turn hit the
+      per-turn token limit), ``backend_error`` or ``bad_input`` (with ``error`` saying why).
+    """
+
+    conversation: Conversation
+    qid: str | None = None
+    finish_reason: FinishReason = "answer"
+    n_calls: int = 0
+    n_failed: int = 0
+    final_error: bool = False
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def final_text(self) -> str:
+        """The last model turn's text ("" if the model never spoke)."""
+        turns = self.conversation.model_turns
+        return turns[-1].text if turns else ""
+
+    @property
+    def uses_tools(self) -> bool:
+        return self.n_calls > 0
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.conversation.model_turns)
+
+    def to_record(self) -> dict[str, object]:
+        """A JSON-ready summary: texts of every turn (images as counts) and the counts."""
+        return {
+            "qid": self.qid,
+            "finish_reason": self.finish_reason,
+            "n_calls": self.n_calls,
+            "n_failed": self.n_failed,
+            "final_error": self.final_error,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "error": self.error,
+            "turns": [
+                {"role": t.role, "kind": t.kind.value, "text": t.text, "images": len(t.images), "error": t.error}
+                for t in self.conversation.turns
+            ],
+        }
