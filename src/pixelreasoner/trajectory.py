@@ -206,7 +206,9 @@ class Conversation:
         return messages
 
 
-FinishReason = Literal["answer", "max_calls", "max_images", "max_tokens", "truncated", "backend_error", "bad_input"]
+FinishReason = Literal[
+    "answer", "max_calls", "max_images", "max_tokens", "truncated", "backend_error", "bad_input"
+]
 
 
 @dataclass
@@ -258,7 +260,13 @@ class Trajectory:
             "generated_tokens": self.generated_tokens,
             "error": self.error,
             "turns": [
-                {"role": t.role, "kind": t.kind.value, "text": t.text, "images": len(t.images), "error": t.error}
+                {
+                    "role": t.role,
+                    "kind": t.kind.value,
+                    "text": t.text,
+                    "images": len(t.images),
+                    "error": t.error,
+                }
                 for t in self.conversation.turns
             ],
         }

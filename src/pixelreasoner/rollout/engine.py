@@ -63,9 +63,13 @@ class Query:
             else:
                 images = [load_image(p, max_pixels=budget.max_decode_pixels) for p in item.images]
                 context = VisualContext.for_query(images, budget=budget)
-                conversation = Conversation.from_question(item.question, [ImagePart(image=i) for i in images], mode=mode)
+                conversation = Conversation.from_question(
+                    item.question, [ImagePart(image=i) for i in images], mode=mode
+                )
         except ImageLoadError as exc:
-            return cls(Conversation.from_question(item.question, mode=mode), VisualContext(), item.qid, str(exc))
+            return cls(
+                Conversation.from_question(item.question, mode=mode), VisualContext(), item.qid, str(exc)
+            )
         return cls(conversation, context, item.qid)
 
 
@@ -91,10 +95,16 @@ class _Run:
         if result.error is not None:
             self.finish("backend_error", result.error)
             return
-        generated = len(result.token_ids) if result.token_ids is not None else int(result.extra.get("completion_tokens", 0))
+        generated = (
+            len(result.token_ids)
+            if result.token_ids is not None
+            else int(result.extra.get("completion_tokens", 0))
+        )
         traj.generated_tokens += generated
         traj.prompt_tokens = max(traj.prompt_tokens, result.prompt_tokens)
-        self.query.conversation.add_model_turn(result.text, token_ids=result.token_ids, logprobs=result.logprobs)
+        self.query.conversation.add_model_turn(
+            result.text, token_ids=result.token_ids, logprobs=result.logprobs
+        )
         if result.finish == "length":
             self.finish("truncated")
             return
@@ -168,7 +178,7 @@ class RolloutEngine:
         bar = tqdm(total=len(runs), desc="rollouts", unit="traj", disable=not progress)
         bar.update(sum(r.done for r in runs))
         while live := [r for r in runs if not r.done]:
-            results = backend.generate([self._request(r) for r in live])  # type: ignore[union-attr]
+            results = backend.generate([self._request(r) for r in live])
             for run, result in zip(live, results, strict=True):
                 run.accept(result, self.budget, self.limits)
                 if run.done:
@@ -177,7 +187,9 @@ class RolloutEngine:
         bar.close()
         return [r.trajectory for r in runs]
 
-    async def run_async(self, queries: Sequence[Query], concurrency: int = 8, progress: bool = False) -> list[Trajectory]:
+    async def run_async(
+        self, queries: Sequence[Query], concurrency: int = 8, progress: bool = False
+    ) -> list[Trajectory]:
         """One coroutine per trajectory; at most ``concurrency`` requests in flight."""
         backend = self.backend
         if not hasattr(backend, "agenerate"):
@@ -189,7 +201,7 @@ class RolloutEngine:
         async def drive(run: _Run) -> None:
             while not run.done:
                 async with gate:
-                    result = await backend.agenerate(self._request(run))  # type: ignore[union-attr]
+                    result = await backend.agenerate(self._request(run))
                 run.accept(result, self.budget, self.limits)
             bar.update()
 

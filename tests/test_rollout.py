@@ -1,0 +1,226 @@
+"""Rollout engine (scripted backend) and the in-process transformers backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pixelreasoner.data.items import TaskItem
+from pixelreasoner.protocol.turns import execute_turn
+from pixelreasoner.render import Renderer
+from pixelreasoner.rollout.backend import GREEDY, SamplingParams, TurnRequest, TurnResult
+from pixelreasoner.rollout.engine import Query, RolloutEngine, RolloutLimits
+from pixelreasoner.rollout.hf import TransformersBackend, _filter_logits
+from pixelreasoner.rollout.scripted import ScriptedBackend
+from pixelreasoner.tasks.families import make_family
+from pixelreasoner.tasks.generate import generate_item
+from pixelreasoner.train.tokens import token_logprobs
+from pixelreasoner.vision.budget import tiny
+
+BUDGET = tiny()
+
+
+def crop_call(box: list[float], target: int = 1) -> str:
+    payload = json.dumps(
+        {"name": "crop_image_normalized", "arguments": {"bbox_2d": box, "target_image": target}}
+    )
+    return f"Looking closer.\n<tool_call>\n{payload}\n</tool_call>"
+
+
+GOOD, BAD, ANSWER = crop_call([0.4, 0.4, 0.6, 0.6]), crop_call([0.6, 0.6, 0.4, 0.4]), "So \\boxed{A}."
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[TaskItem]:
+    out = tmp_path_factory.mktemp("rollout")
+    needle, frames = make_family("needle"), make_family("frames")
+    return [generate_item(needle, i, 0, out) for i in range(4)] + [generate_item(frames, 0, 0, out)]
+
+
+def run(script, items, limits=None, queries=None):  # type: ignore[no-untyped-def]
+    engine = RolloutEngine(ScriptedBackend(script), BUDGET, limits)
+    return engine.run(queries or [Query.from_item(i, BUDGET) for i in items])
+
+
+@pytest.mark.parametrize(
+    ("script", "reason", "calls", "failed", "final_error"),
+    [
+        ([ANSWER], "answer", 0, 0, False),
+        ([GOOD, ANSWER], "answer", 1, 0, False),
+        ([BAD, ANSWER], "answer", 1, 1, True),  # unrepaired: the last call failed
+        ([BAD, GOOD, ANSWER], "answer", 2, 1, False),  # repaired by a later success
+        ([GOOD, BAD, ANSWER], "answer", 2, 1, True),
+        ([GOOD] * 6, "max_calls", 4, 0, False),  # the 5th call ends it unanswered
+        ([TurnResult(text="rambling", finish="length")], "truncated", 0, 0, False),
+        ([TurnResult(text="", finish="stop", error="server down")], "backend_error", 0, 0, False),
+    ],
+    ids=[
+        "answer",
+        "one-crop",
+        "failed-unrepaired",
+        "repaired",
+        "failed-last",
+        "max-calls",
+        "truncated",
+        "backend-error",
+    ],
+)
+def test_finish_reasons_and_counts(items, script, reason, calls, failed, final_error) -> None:  # type: ignore[no-untyped-def]
+    trajectory = run(script, items[:1])[0]
+    assert (trajectory.finish_reason, trajectory.n_calls, trajectory.n_failed, trajectory.final_error) == (
+        reason,
+        calls,
+        failed,
+        final_error,
+    )
+    observations = [t for t in trajectory.conversation.turns if t.kind.value == "observation"]
+    assert len(observations) == min(calls, 4)
+    if reason == "max_calls":
+        assert trajectory.conversation.turns[-1].role == "assistant"  # the 5th call got no answer
+
+
+def test_image_and_token_limits(items) -> None:  # type: ignore[no-untyped-def]
+    assert run([GOOD] * 5, items[:1], RolloutLimits(max_images=2))[0].finish_reason == "max_images"
+    huge = TurnResult(text=GOOD, finish="stop", prompt_tokens=20_000)
+    assert run([huge], items[:1])[0].finish_reason == "max_tokens"
+
+
+def test_bad_input_ends_only_that_trajectory(items, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"nope")
+    bad = TaskItem(qid="needle-bad", question="Q?", answer="A", images=[str(broken)])
+    trajectories = run([ANSWER], [bad, items[0]])
+    assert trajectories[0].finish_reason == "bad_input" and "broken.png" in (trajectories[0].error or "")
+    assert trajectories[1].finish_reason == "answer"
+
+
+def test_lockstep_batches_shrink_and_release(items) -> None:  # type: ignore[no-untyped-def]
+    def script(request, turn):  # type: ignore[no-untyped-def]
+        return GOOD if turn < request.key % 3 else ANSWER
+
+    backend = ScriptedBackend(script)
+    RolloutEngine(backend, BUDGET).run([Query.from_item(i, BUDGET) for i in items[:4]])
+    assert [len(c) for c in backend.calls] == [4, 2, 1] and sorted(backend.released) == sorted(backend.turns)
+
+
+def test_async_driver_matches_lockstep(items) -> None:  # type: ignore[no-untyped-def]
+    script = [GOOD, BAD, ANSWER]
+    sync = run(script, items)
+    engine = RolloutEngine(ScriptedBackend(script), BUDGET)
+    done = asyncio.run(engine.run_async([Query.from_item(i, BUDGET) for i in items], concurrency=2))
+    assert [t.to_record() for t in done] == [t.to_record() for t in sync]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    turns=st.lists(
+        st.one_of(
+            st.text(max_size=60),
+            st.sampled_from(
+                [
+                    GOOD,
+                    BAD,
+                    crop_call([0, 0, 1, 1], 9),
+                    "<tool_call>{}</tool_call>",
+                    "</tool_call>",
+                    '<tool_call>{"name": "select_frames", "arguments": '
+                    '{"target_frames": [1, 99]}}</tool_call>',
+                ]
+            ),
+        ),
+        min_size=1,
+        max_size=7,
+    )
+)
+def test_engine_survives_arbitrary_model_output(items, turns) -> None:  # type: ignore[no-untyped-def]
+    trajectories = run(turns, [items[0], items[-1]])
+    for t in trajectories:
+        assert t.finish_reason in ("answer", "max_calls", "max_images", "max_tokens", "truncated")
+        assert t.n_failed <= t.n_calls <= 4 and t.n_turns >= 1
+
+
+# ---------------------------------------------------------------------------------- transformers backend
+def hf_rollout(model, processor, items, cache: bool, params=GREEDY):  # type: ignore[no-untyped-def]
+    backend = TransformersBackend(model, processor, BUDGET, cache=cache, seed=0)
+    engine = RolloutEngine(
+        backend, BUDGET, first=SamplingParams(temperature=params.temperature, max_new_tokens=40)
+    )
+    return engine.run([Query.from_item(i, BUDGET) for i in items])
+
+
+def test_cache_continuation_gives_the_same_tokens_as_reencoding(tiny, items) -> None:  # type: ignore[no-untyped-def]
+    model, processor = tiny
+    tok = processor.tokenizer
+    results = {}
+    for cache in (True, False):
+        backend = TransformersBackend(model, processor, BUDGET, cache=cache)
+        queries = [Query.from_item(i, BUDGET) for i in items]
+        # turn 1: a scripted crop (as sampled ids), then the real model continues from the crop
+        requests = []
+        for k, q in enumerate(queries):
+            ids = tok(GOOD, add_special_tokens=False)["input_ids"] + [processor.im_end_id]
+            q.conversation.add_model_turn(GOOD, token_ids=ids)
+            obs = execute_turn(
+                GOOD if not items[k].is_video else crop_call([0, 0, 1, 1], 3), q.context, BUDGET
+            )
+            assert obs is not None
+            q.conversation.add_observation(obs)
+            q.context.add(obs)
+            requests.append(q)
+        first = backend.generate(
+            [
+                TurnRequest(q.conversation, SamplingParams(temperature=0, max_new_tokens=12), key=k)
+                for k, q in enumerate(requests)
+            ]
+        )
+        results[cache] = [r.token_ids for r in first]
+    assert results[True] == results[False]
+
+
+def test_multi_turn_cache_matches_reencode_and_batch_matches_single(tiny, items) -> None:  # type: ignore[no-untyped-def]
+    model, processor = tiny
+    cached = hf_rollout(model, processor, items, cache=True)
+    fresh = hf_rollout(model, processor, items, cache=False)
+    ids = [[t.token_ids for t in tr.conversation.model_turns] for tr in cached]
+    assert ids == [[t.token_ids for t in tr.conversation.model_turns] for tr in fresh]
+    for item, batched in zip(items, ids, strict=True):
+        alone = hf_rollout(model, processor, [item], cache=True)[0]
+        assert [t.token_ids for t in alone.conversation.model_turns] == batched
+
+
+def test_sampler_logprobs_match_the_learner(tiny, items) -> None:  # type: ignore[no-untyped-def]
+    """Old log-probs for RL: recomputing the sampled ids with the renderer gives the sampler's values."""
+    model, processor = tiny
+    trajectories = hf_rollout(model, processor, items[:3], cache=True, params=SamplingParams(temperature=1.0))
+    renderer = Renderer(processor, BUDGET)
+    batch = renderer([t.conversation for t in trajectories], padding_side="right")
+    with torch.no_grad():
+        learner = token_logprobs(model, batch, batch.loss_mask)
+    sampler = torch.tensor(
+        [lp for t in trajectories for turn in t.conversation.model_turns for lp in turn.logprobs or []]
+    )
+    # the renderer marks model turns' ids as learned: exactly the sampled tokens, in order
+    assert learner.shape == sampler.shape
+    assert (learner - sampler).abs().max() < 1e-5
+
+
+def test_vision_tokens_are_never_sampled(tiny) -> None:  # type: ignore[no-untyped-def]
+    model, processor = tiny
+    backend = TransformersBackend(model, processor, BUDGET)
+    logits = torch.zeros(2, model.config.text_config.vocab_size)
+    logits[:, processor.image_token_id] = 100.0
+    tokens, _ = backend._sample(logits, [GREEDY, SamplingParams(temperature=1.0)])
+    assert processor.image_token_id not in tokens.tolist()
+
+
+def test_top_k_top_p_filtering() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
+    out = _filter_logits(logits, top_k=torch.tensor([2, 0]), top_p=torch.tensor([1.0, 0.7]))
+    assert torch.isfinite(out[0]).tolist() == [True, True, False, False]
+    # top-p 0.7: 0.5 alone is < 0.7, so the 0.3 token is kept too; 0.15 starts beyond the mass
+    assert torch.isfinite(out[1]).tolist() == [True, True, False, False]
