@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pixelreasoner.rollout.engine import RolloutEngine
     from pixelreasoner.tasks.families import Family
 
 DESCRIPTION = """\
@@ -262,6 +263,133 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_engine(args: argparse.Namespace, budget_name: str) -> tuple[RolloutEngine, bool]:
+    """A rollout engine for --model (a path / hub id, or an http(s) URL of an OpenAI-compatible server).
+
+    Returns the engine and whether it is served over HTTP (then the async driver is used).
+    """
+    import os
+
+    from pixelreasoner.rollout.backend import SamplingParams
+    from pixelreasoner.rollout.engine import RolloutEngine, RolloutLimits
+    from pixelreasoner.vision.budget import pixel_budget
+
+    budget = pixel_budget(budget_name)
+    limits = RolloutLimits(max_turn_tokens=args.max_new_tokens)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    if args.model.startswith(("http://", "https://")):
+        from pixelreasoner.rollout.http import OpenAIBackend
+
+        key = os.environ.get(args.api_key_env) if args.api_key_env else None
+        backend = OpenAIBackend(args.model, model=args.served_model_name, api_key=key)
+        try:
+            backend.check_server()
+        except ConnectionError as exc:
+            raise SystemExit(str(exc)) from None
+        return RolloutEngine(backend, budget, limits, first=greedy), True
+    import torch
+
+    from pixelreasoner.models.loading import load_model
+    from pixelreasoner.rollout.hf import TransformersBackend
+
+    dtype = "auto" if torch.cuda.is_available() else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, processor = load_model(args.model, dtype=dtype, device=device)
+    return RolloutEngine(TransformersBackend(model, processor, budget), budget, limits, first=greedy), False
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pixelreasoner.eval.harness import evaluate_task, summarize, write_summary
+    from pixelreasoner.eval.tasks import get_task
+
+    try:
+        tasks = [get_task(name.strip()) for name in args.tasks.split(",") if name.strip()]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    engine, served = _make_engine(args, args.budget)
+    reports = []
+    for task in tasks:
+        try:
+            loaded = task.load(args.data_root)
+        except FileNotFoundError as exc:
+            raise SystemExit(str(exc)) from None
+        if loaded.problems:
+            print(loaded.summary())
+        items = loaded.items[: args.limit] if args.limit else loaded.items
+        records = evaluate_task(
+            engine,
+            task,
+            items,
+            args.out,
+            mode=args.mode,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency if served else None,
+        )
+        reports.append(summarize(task, records, len(loaded.problems)))
+    print(write_summary(reports, args.out))
+    print(f"per-item results and summary in {args.out}")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pixelreasoner.rollout.engine import Query
+    from pixelreasoner.trajectory import Conversation, ImagePart
+    from pixelreasoner.viewer import write_page
+    from pixelreasoner.vision.images import ImageLoadError, load_image
+    from pixelreasoner.vision.ops import VisualContext
+
+    engine, served = _make_engine(args, args.budget)
+    try:
+        images = [load_image(p) for p in args.image]
+    except ImageLoadError as exc:
+        raise SystemExit(str(exc)) from None
+    conversation = Conversation.from_question(
+        args.question, [ImagePart(image=i) for i in images], mode=args.mode
+    )
+    query = Query(conversation, VisualContext.for_query(images, budget=engine.budget))
+    if served:
+        trajectory = asyncio.run(engine.run_async([query], concurrency=1))[0]
+    else:
+        trajectory = engine.run([query])[0]
+    for turn in trajectory.conversation.turns[1:]:
+        images_note = f"  [+{len(turn.images)} image(s)]" if turn.images else ""
+        print(f"--- {turn.role} ({turn.kind.value}){images_note}\n{turn.text}")
+    print(
+        f"--- finished: {trajectory.finish_reason}, {trajectory.n_calls} operation(s), "
+        f"{trajectory.n_failed} failed"
+    )
+    page = write_page(args.html, [trajectory], title=args.question)
+    print(f"trajectory page: {page}")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint directory or hub id (in-process), or the URL of an "
+        "OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, SGLang, transformers serve)",
+    )
+    p.add_argument(
+        "--served-model-name", default="default", help="model name to send to the server (HTTP only)"
+    )
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the server's API key")
+    p.add_argument(
+        "--budget",
+        default="released-eval",
+        help="pixel budget preset (default: released-eval; the tiny models use 'tiny')",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["vcot", "notool"],
+        default="vcot",
+        help="prompt with tools (vcot, default) or the text-only baseline (notool)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="tokens per turn (default: 2048)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pixelreasoner.models.tiny import PRESETS
 
@@ -312,6 +440,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML recipe (fields of SFTConfig); defaults when omitted")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
     p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on benchmarks (greedy, multi-turn with operations)",
+        description="Roll out every item greedily with the operations, score the last \\boxed{} "
+        "answer, and report accuracy (ANLS for infovqa/read), RaPR, tool-error rate, operations and "
+        "turns per item. Per-item JSONL in --out; an interrupted run continues where it stopped.",
+    )
+    _add_model_args(p)
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated: vstar, tallyqa_complex, infovqa, mvbench, needle, count, read, frames",
+    )
+    p.add_argument(
+        "--data-root", required=True, help="directory with the released eval parquet(s) / our datasets"
+    )
+    p.add_argument("--out", default="runs/eval", help="output directory (default: runs/eval)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N items of each task")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="trajectories per batch in-process (default: 16)"
+    )
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight over HTTP (default: 16)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "chat",
+        help="run one trajectory on your image and question; write an HTML page of it",
+        description="Ask a question about one or more images; prints every turn (tool calls, "
+        "observations) and writes a self-contained page showing the crops on their images.",
+    )
+    _add_model_args(p)
+    p.add_argument("--image", action="append", required=True, help="image file (repeat for several)")
+    p.add_argument("--question", required=True, help="the question")
+    p.add_argument("--html", default="runs/chat/trajectory.html", help="page to write")
+    p.set_defaults(func=_cmd_chat)
     return parser
 
 

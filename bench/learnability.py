@@ -1,0 +1,145 @@
+"""Can the tiny default learn a task family on CPU in minutes? Measure it end to end.
+
+generate train/held-out items → synthesize warm-start traces → SFT for a step budget →
+greedy multi-turn rollouts on held-out items, with the model's *own* crops. Prints: training
+time and throughput, share of valid first-turn tool calls, share that zoomed on the right
+region, accuracy, RaPR, and a global-view-only control (the same model answering with the
+``notool`` prompt, which cannot see the detail).
+
+    python bench/learnability.py --family needle --train 800 --steps 300 --out runs/learn-needle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pixelreasoner.data.formats import write_traces
+from pixelreasoner.eval.tasks import task_for
+from pixelreasoner.models.loading import load_model
+from pixelreasoner.protocol.turns import parse_turn
+from pixelreasoner.rollout.backend import SamplingParams
+from pixelreasoner.rollout.engine import RolloutEngine, rollout_items
+from pixelreasoner.rollout.hf import TransformersBackend
+from pixelreasoner.synth.traces import TraceSynthesizer
+from pixelreasoner.tasks.families import make_family
+from pixelreasoner.tasks.generate import generate_dataset
+from pixelreasoner.train.sft import SFTConfig, train_sft
+from pixelreasoner.vision.budget import tiny
+
+
+def first_call_stats(trajectories, items) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Share of trajectories whose first turn is a valid call, and share whose call hit the cue."""
+    valid = right = 0
+    for trajectory, item in zip(trajectories, items, strict=True):
+        turns = trajectory.conversation.model_turns
+        call = parse_turn(turns[0].text).call if turns else None
+        if call is None or call.error is not None:
+            continue
+        valid += 1
+        args = call.arguments or {}
+        if item.is_video:
+            right += args.get("target_frames") == item.cue_frames
+        else:
+            box = args.get("bbox_2d")
+            right += (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(
+                    isinstance(v, int | float) and abs(v - c) < 0.05
+                    for v, c in zip(box, item.cue_bbox or [], strict=False)
+                )
+            )
+    n = max(1, len(items))
+    return valid / n, right / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--family", default="needle")
+    parser.add_argument("--train", type=int, default=800, help="training items")
+    parser.add_argument("--eval", type=int, default=64, help="held-out items")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--preset", default="tiny-1m")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/learnability")
+    args = parser.parse_args()
+    out = Path(args.out)
+    budget = tiny()
+    family = make_family(args.family)
+    began = time.perf_counter()
+    train = generate_dataset([family], args.train, out / "train", seed=args.seed, progress=False).items
+    held = generate_dataset([family], args.eval, out / "heldout", seed=args.seed + 1000, progress=False).items
+    conversations, qids, report = TraceSynthesizer(budget, seed=args.seed).run(train, progress=False)
+    traces = write_traces(conversations, out / "traces.json", qids=qids)
+    print(report.summary(), f"({time.perf_counter() - began:.0f} s for data)")
+
+    config = SFTConfig(
+        data=str(traces),
+        model=args.preset,
+        out_dir=str(out / "sft"),
+        max_steps=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        warmup_ratio=0.05,
+        min_lr_ratio=0.1,
+        seed=args.seed,
+        log_every=25,
+        metrics=("jsonl",),
+        progress=False,
+        resume=False,
+    )
+    t0 = time.perf_counter()
+    result = train_sft(config)
+    sft_seconds = time.perf_counter() - t0
+    print(
+        f"sft: {result.steps} steps in {sft_seconds:.0f} s, {result.tokens_per_second:.0f} tokens/s, "
+        f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}"
+    )
+
+    model, processor = load_model(result.final_dir, dtype=torch.float32)
+    engine = RolloutEngine(
+        TransformersBackend(model, processor, budget),
+        budget,
+        first=SamplingParams(temperature=0.0, max_new_tokens=160),
+    )
+    t0 = time.perf_counter()
+    trajectories = rollout_items(engine, held)
+    rollout_seconds = time.perf_counter() - t0
+    scores = [task_for(i).score(t, i) for t, i in zip(trajectories, held, strict=True)]
+    valid, right = first_call_stats(trajectories, held)
+    rapr = sum(t.uses_tools for t in trajectories) / len(held)
+    control = rollout_items(engine, held, mode="notool")
+    control_scores = [task_for(i).score(t, i) for t, i in zip(control, held, strict=True)]
+    summary = {
+        "family": args.family,
+        "train_items": args.train,
+        "traces": len(conversations),
+        "steps": result.steps,
+        "sft_seconds": round(sft_seconds, 1),
+        "tokens_per_s": round(result.tokens_per_second),
+        "valid_first_call": valid,
+        "right_region": right,
+        "accuracy": sum(scores) / len(scores),
+        "rapr": rapr,
+        "notool_control_accuracy": sum(control_scores) / len(control_scores),
+        "rollout_seconds": round(rollout_seconds, 1),
+        "final_loss": result.losses[-1],
+    }
+    print(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    example = trajectories[0]
+    for turn in example.conversation.turns[2:]:
+        print(f"[{turn.kind.value}] {turn.text[:200]!r}")
+
+
+if __name__ == "__main__":
+    main()
