@@ -281,7 +281,7 @@ def _make_engine(args: argparse.Namespace, budget_name: str) -> tuple[RolloutEng
         from pixelreasoner.rollout.http import OpenAIBackend
 
         key = os.environ.get(args.api_key_env) if args.api_key_env else None
-        backend = OpenAIBackend(args.model, model=args.served_model_name, api_key=key)
+        backend = OpenAIBackend(args.model, model=args.served_model_name, api_key=key, budget=budget)
         try:
             backend.check_server()
         except ConnectionError as exc:
