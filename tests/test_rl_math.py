@@ -130,7 +130,8 @@ def test_ppo_loss_hand_derived() -> None:
     new = old + torch.log(torch.tensor([1.0, 1.5, 0.5, 1.2]))
     advantages = torch.tensor([1.0, 1.0, -1.0, -1.0])
     stats = ppo_token_loss(new, old, advantages, 0.2, 0.35, normalizer=200.0)
-    # per token -min(rA, clip(r)A): -1.0; -min(1.5, 1.35) = -1.35; -min(-0.5, -0.8) = 0.8; -min(-1.2, -1.2) = 1.2
+    # per token -min(rA, clip(r)A): -1.0; -min(1.5, 1.35) = -1.35; -min(-0.5, -0.8) = 0.8;
+    # -min(-1.2, -1.2) = 1.2
     assert stats.loss.item() == pytest.approx((-1.0 - 1.35 + 0.8 + 1.2) / 200)
     assert stats.clip_fraction == pytest.approx(0.5)  # tokens 2 (r > 1.35, A > 0) and 3 (r < 0.8, A < 0)
     by_count = ppo_token_loss(new, old, advantages, normalizer=None)

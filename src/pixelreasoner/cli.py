@@ -263,6 +263,26 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rl(args: argparse.Namespace) -> int:
+    from pixelreasoner.config import ConfigError, load_config
+    from pixelreasoner.train.rl import RLConfig, train_rl
+
+    recipe, overrides = _recipe_and_overrides(args)
+    try:
+        config = load_config(RLConfig, recipe, overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    result = train_rl(config)
+    if result.history:
+        first, last = result.history[0], result.history[-1]
+        print(
+            f"rl finished: {result.steps} steps; reward {first['reward']:.3f} -> {last['reward']:.3f}, "
+            f"accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}, RaPR {first['rapr']:.2f} -> "
+            f"{last['rapr']:.2f}; model in {result.final_dir}"
+        )
+    return 0
+
+
 def _make_engine(args: argparse.Namespace, budget_name: str) -> tuple[RolloutEngine, bool]:
     """A rollout engine for --model (a path / hub id, or an http(s) URL of an OpenAI-compatible server).
 
@@ -476,6 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True, help="the question")
     p.add_argument("--html", default="runs/chat/trajectory.html", help="page to write")
     p.set_defaults(func=_cmd_chat)
+    p = sub.add_parser(
+        "rl",
+        help="curiosity-driven RL from a warm-start checkpoint",
+        description="GRPO-style RL with the curiosity bonus and efficiency penalty (SPEC 4): groups of "
+        "rollouts per query, advantages against the group mean, uniform groups dropped or replayed (SSR), "
+        "token-level PPO with asymmetric clipping. CONFIG is a YAML recipe (e.g. configs/rl_tiny.yaml); "
+        "KEY=VALUE overrides fields, reward.FIELD=VALUE the reward's. Multi-process: "
+        "accelerate launch -m pixelreasoner.cli rl ...",
+    )
+    p.add_argument("config", nargs="?", help="YAML recipe (fields of RLConfig); defaults when omitted")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
+    p.set_defaults(func=_cmd_rl)
     return parser
 
 

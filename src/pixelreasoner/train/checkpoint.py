@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -42,8 +44,13 @@ def save_checkpoint(
     processor: Any,
     state: dict[str, Any],
     keep: int = 2,
+    per_process: dict[str, Any] | None = None,
 ) -> Path:
-    """Save everything needed to resume at ``step``; all processes must call this."""
+    """Save everything needed to resume at ``step``; all processes must call this.
+
+    ``per_process`` is each process's own state (e.g. a sampler's RNG, a replay buffer), saved
+    as ``process_{rank}.pt`` inside the same atomic checkpoint.
+    """
     final = Path(root) / f"step-{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -51,6 +58,9 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "accelerate"))
+    if per_process is not None:
+        torch.save(per_process, tmp / f"process_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         unwrapped.save_pretrained(tmp, state_dict=accelerator.get_state_dict(model), safe_serialization=True)
@@ -63,6 +73,12 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_process_state(path: str | Path, rank: int) -> dict[str, Any]:
+    """A process's own state saved with ``per_process`` (trusted: written by this code)."""
+    state: dict[str, Any] = torch.load(Path(path) / f"process_{rank}.pt", weights_only=False)
+    return state
 
 
 def load_checkpoint(path: str | Path, accelerator: Any) -> dict[str, Any]:

@@ -1,0 +1,476 @@
+"""Curiosity-driven RL (SPEC §4): GRPO-style groups, curiosity bonus, efficiency penalty, replay.
+
+One step (a "rollout phase"):
+
+1. **rollout**: each process takes its share of ``queries_per_step`` queries and samples
+   ``group_size`` trajectories of each with the rollout engine (temperature 1.0 on the first
+   turn, 0.9 after, top-p 0.95, top-k 40, vision tokens suppressed);
+2. **reward**: the task's scorer, the curiosity bonus from the group's RaPR, the efficiency
+   penalty; advantage = reward − group mean;
+3. **filter**: groups with uniform rewards carry no signal: ``drop`` them, or ``ssr`` —
+   Selective Sample Replay: non-uniform samples enter a buffer and half of each batch is
+   replayed from it with probability ∝ |A|;
+4. **old log-probs** of the kept samples, recomputed in batched passes with the 3-D positions
+   (or the sampler's, which the tests show are identical in fp32), never by re-tokenizing text;
+5. **update**: token-level PPO with the asymmetric clip, in minibatches of
+   ``train_batch_size``, ``ppo_epochs`` times; the loss sums over the model's own tokens and is
+   divided by a constant (released 200) or the token count.
+
+Reward, advantage, replay and loss are the pure functions of :mod:`pixelreasoner.rl`; this file
+is the loop. Run: ``pixelreasoner rl configs/rl_tiny.yaml [key=value ...]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pixelreasoner.config import save_config, to_dict
+from pixelreasoner.data.formats import read_items
+from pixelreasoner.data.items import TaskItem
+from pixelreasoner.eval.scoring import extract_boxed
+from pixelreasoner.eval.tasks import task_for
+from pixelreasoner.models.loading import load_model
+from pixelreasoner.render import RenderedSequence, Renderer
+from pixelreasoner.rl.algorithm import (
+    ReplayBuffer,
+    cosine_with_floor,
+    group_advantages,
+    is_uniform,
+    ppo_token_loss,
+    token_entropy,
+)
+from pixelreasoner.rl.reward import RewardConfig, RewardParts, RolloutFacts, group_rewards
+from pixelreasoner.rollout.backend import SamplingParams
+from pixelreasoner.rollout.engine import Query, RolloutEngine, RolloutLimits
+from pixelreasoner.rollout.hf import TransformersBackend
+from pixelreasoner.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_process_state,
+    save_checkpoint,
+)
+from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
+from pixelreasoner.train.metrics import MetricsLogger
+from pixelreasoner.train.sft import EpochOrder, apply_freezing
+from pixelreasoner.train.tokens import selected_logits
+from pixelreasoner.trajectory import Trajectory
+from pixelreasoner.vision.budget import pixel_budget
+
+
+@dataclass
+class RLConfig:
+    """Curiosity-driven RL. Defaults run the tiny CPU job; ``configs/rl_qwen25vl_7b.yaml`` is the release."""
+
+    data: str = "runs/quickstart/tasks/train"
+    """Query set: a dataset directory or parquet in the released layout."""
+    model: str = "runs/quickstart/sft/final"
+    """The warm-start checkpoint (released: the end of SFT epoch 1)."""
+    out_dir: str = "runs/rl"
+    budget: str = "tiny"
+
+    steps: int = 20
+    """Rollout phases (released: ~3 episodes over ~15k queries at 512 per phase)."""
+    queries_per_step: int = 16
+    """Queries per phase over all processes (released: 512)."""
+    group_size: int = 8
+    """Rollouts per query, G (released: 8)."""
+    temperature_first: float = 1.0
+    temperature_later: float = 0.9
+    top_p: float = 0.95
+    top_k: int = 40
+    max_turn_tokens: int = 160
+    """Tokens per generated turn (released: 2048; the tiny tasks need far fewer)."""
+    max_total_tokens: int = 12288
+    max_calls: int = 4
+    max_images: int = 16
+
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    filter: Literal["none", "drop", "ssr"] = "ssr"
+    """Uniform groups: keep (none), drop, or drop and replay from a buffer (ssr, the paper's)."""
+    replay_capacity: int = 2048
+    scale_advantage_by_std: bool = False
+
+    train_batch_size: int = 64
+    """Samples per gradient step per process (released: 256 in total, 16 steps per phase)."""
+    ppo_epochs: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.35
+    loss_norm: Literal["constant", "tokens"] = "constant"
+    loss_constant: float = 200.0
+    """Released: the summed token loss is divided by 200."""
+    kl_coef: float = 0.0
+    """KL (k3) to the starting policy; 0 as released (no reference model is loaded then)."""
+    old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    micro_batch: int = 16
+    """Sequences per forward pass in the log-prob and update passes (the release was limited to 1)."""
+
+    lr: float = 5e-4
+    """Released 7B: 1e-6; the tiny model needs more."""
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.5
+    adam_betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    freeze_vision: bool = False
+    """The release trains the vision tower in RL."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = True
+    stop_after_steps: int = 0
+    metrics: tuple[str, ...] = ("stdout", "jsonl")
+    progress: bool = True
+
+
+@dataclass
+class Sample:
+    """One trajectory ready for the update: its conversation, advantage and old log-probs."""
+
+    trajectory: Trajectory
+    advantage: float
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+
+
+@dataclass
+class RLResult:
+    out_dir: Path
+    final_dir: Path
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def rollout_facts(trajectory: Trajectory, item: TaskItem) -> RolloutFacts:
+    answer = extract_boxed(trajectory.final_text) if trajectory.n_turns else None
+    return RolloutFacts(
+        score=task_for(item).score(trajectory, item),
+        has_answer=bool(answer),
+        n_ops=trajectory.n_calls,
+        final_error=trajectory.final_error,
+        is_video=item.is_video,
+    )
+
+
+def _chunks(values: list[Any], size: int, count: int) -> list[list[Any]]:
+    """``values`` in chunks of ``size``, padded with empty chunks to ``count`` chunks."""
+    chunks = [values[i : i + size] for i in range(0, len(values), size)]
+    return chunks + [[] for _ in range(count - len(chunks))]
+
+
+def _max_across(accelerator: Any, value: int) -> int:
+    tensor = torch.tensor([value], device=accelerator.device)
+    return int(accelerator.reduce(tensor, reduction="max").item())
+
+
+class _Scorer:
+    """Log-probs of the model's own tokens for a batch of samples (one padded forward pass)."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    def inputs(self, samples: list[Sample], device: torch.device) -> Any:
+        rendered: list[RenderedSequence] = [self.renderer.render(s.trajectory.conversation) for s in samples]
+        return self.renderer.collate(rendered, padding_side="right").to(device)
+
+    def logprobs(
+        self, model: Any, samples: list[Sample], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Token log-probs ``[N]`` (all samples concatenated), their entropies ``[N]``, tokens per sample."""
+        batch = self.inputs(samples, device)
+        logits, targets = selected_logits(model, batch, batch.loss_mask)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+        counts = batch.loss_mask[:, 1:].sum(dim=1).tolist()
+        return logprobs, token_entropy(logits.detach()), [int(c) for c in counts]
+
+
+# ---------------------------------------------------------------------------------- the loop
+def train_rl(config: RLConfig) -> RLResult:
+    """Run RL as configured; resumes from ``out_dir``'s latest checkpoint when ``resume``."""
+    accelerator = make_accelerator(config.mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed_everything(config.seed, rank)
+    if config.queries_per_step % world:
+        raise ValueError(f"queries_per_step {config.queries_per_step} is not divisible by {world} processes")
+    out = Path(config.out_dir)
+    resume_from = latest_checkpoint(out / "checkpoints") if config.resume else None
+
+    loaded = read_items(config.data)
+    if loaded.problems and accelerator.is_main_process:
+        warnings.warn(f"query set problems (skipped): {loaded.summary()}", stacklevel=1)
+    items = loaded.items
+    if len(items) < config.queries_per_step:
+        raise ValueError(f"{len(items)} usable queries cannot fill a step of {config.queries_per_step}")
+    budget = pixel_budget(config.budget)
+    model, processor = load_model(resume_from or config.model, dtype=torch.float32)
+    apply_freezing(model, config.freeze_vision, freeze_projector=False)
+    reference = None
+    if config.kl_coef > 0:
+        reference, _ = load_model(config.model, dtype=torch.float32, device=str(accelerator.device))
+        reference.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=config.lr,
+        betas=tuple(config.adam_betas),  # type: ignore[arg-type]
+        weight_decay=config.weight_decay,
+    )
+    warmup = int(config.warmup_ratio * config.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_floor(s, config.steps, warmup, config.min_lr_ratio)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    renderer = Renderer(processor, budget)
+    scorer = _Scorer(renderer)
+    backend = TransformersBackend(
+        accelerator.unwrap_model(model), processor, budget, seed=config.seed + 7919 * rank
+    )
+    limits = RolloutLimits(
+        config.max_calls, config.max_images, config.max_total_tokens, config.max_turn_tokens
+    )
+    first = SamplingParams(config.temperature_first, config.top_p, config.top_k, config.max_turn_tokens)
+    later = SamplingParams(config.temperature_later, config.top_p, config.top_k, config.max_turn_tokens)
+    engine = RolloutEngine(backend, budget, limits, first, later)
+    replay: ReplayBuffer[Sample] = ReplayBuffer(config.replay_capacity)
+    replay_rng = np.random.default_rng([config.seed, rank])
+
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "offset": 0, "history": []}
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, accelerator)
+        extra = load_process_state(resume_from, rank)
+        backend.generator.set_state(extra["generator"])
+        replay, replay_rng = extra["replay"], extra["replay_rng"]
+        if accelerator.is_main_process:
+            print(f"resuming from {resume_from} at step {state['step']}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    logger = MetricsLogger(out, config.metrics, to_dict(config), enabled=accelerator.is_main_process)
+
+    batches = EpochOrder(len(items), config.seed).batches(
+        config.queries_per_step, state["epoch"], state["offset"]
+    )
+    share = config.queries_per_step // world
+    stop_at = min(config.steps, config.stop_after_steps) if config.stop_after_steps else config.steps
+    bar = tqdm(
+        total=config.steps,
+        initial=state["step"],
+        desc="rl",
+        unit="step",
+        disable=not (config.progress and accelerator.is_main_process),
+    )
+
+    def checkpoint() -> None:
+        mine_state = {"generator": backend.generator.get_state(), "replay": replay, "replay_rng": replay_rng}
+        save_checkpoint(
+            out / "checkpoints",
+            state["step"],
+            accelerator,
+            model,
+            processor,
+            state,
+            config.keep_checkpoints,
+            per_process=mine_state,
+        )
+
+    while state["step"] < stop_at:
+        epoch, offset, indices = next(batches)
+        mine = [items[i] for i in indices[rank * share : (rank + 1) * share]]
+        metrics: dict[str, float] = {}
+
+        # 1. rollout -----------------------------------------------------------------------
+        began = time.perf_counter()
+        model.eval()
+        queries = [Query.from_item(item, budget) for item in mine for _ in range(config.group_size)]
+        trajectories = engine.run(queries)
+        model.train()
+        metrics["time_rollout"] = time.perf_counter() - began
+
+        # 2. reward and advantages, 3. filter ----------------------------------------------
+        fresh: list[Sample] = []
+        parts_all: list[RewardParts] = []
+        uniform_groups = 0
+        per_task: dict[str, list[float]] = defaultdict(list)
+        for q, item in enumerate(mine):
+            group = trajectories[q * config.group_size : (q + 1) * config.group_size]
+            parts = group_rewards([rollout_facts(t, item) for t in group], config.reward)
+            parts_all += parts
+            per_task[task_for(item).name] += [float(t.uses_tools) for t in group]
+            rewards = [p.total for p in parts]
+            uniform = is_uniform(rewards)
+            uniform_groups += uniform
+            if uniform and config.filter != "none":
+                continue
+            advantages = group_advantages(rewards, config.scale_advantage_by_std)
+            fresh += [Sample(t, a) for t, a in zip(group, advantages, strict=True) if t.n_turns > 0]
+        batch_samples = list(fresh)
+        if config.filter == "ssr":
+            # Half the batch is replayed; when every group was uniform (the learning trap), the
+            # replays alone still make half a train batch, so training never stalls.
+            replays = max(len(fresh), config.train_batch_size // 2)
+            batch_samples += replay.draw(replays, replay_rng)
+            replay.add(fresh, [s.advantage for s in fresh])
+
+        # 4. old log-probs (no gradient: the unwrapped model, no collectives) -----------------
+        began = time.perf_counter()
+        policy = accelerator.unwrap_model(model)
+        with torch.no_grad():
+            for chunk in _chunks(batch_samples, config.micro_batch, 0):
+                if config.old_logprobs == "sampler":
+                    for sample in chunk:
+                        sample.old_logprobs = _sampler_logprobs(sample)
+                else:
+                    logprobs, _, counts = scorer.logprobs(policy, chunk, accelerator.device)
+                    for sample, piece in zip(chunk, torch.split(logprobs, counts), strict=True):
+                        sample.old_logprobs = piece
+                if reference is not None:
+                    reference_lp, _, counts = scorer.logprobs(reference, chunk, accelerator.device)
+                    for sample, piece in zip(chunk, torch.split(reference_lp, counts), strict=True):
+                        sample.ref_logprobs = piece
+        metrics["time_logprob"] = time.perf_counter() - began
+
+        # 5. update ---------------------------------------------------------------------------
+        began = time.perf_counter()
+        fallback = [Sample(trajectories[0], 0.0)]  # a zero-weight pass keeps processes in step
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _ in range(config.ppo_epochs):
+            random.Random(config.seed + state["step"]).shuffle(batch_samples)
+            minibatches = _max_across(accelerator, math.ceil(len(batch_samples) / config.train_batch_size))
+            for minibatch in _chunks(batch_samples, config.train_batch_size, minibatches):
+                tokens = sum_across(
+                    accelerator,
+                    sum(int(s.old_logprobs.numel()) for s in minibatch if s.old_logprobs is not None),
+                )
+                norm = config.loss_constant if config.loss_norm == "constant" else max(tokens / world, 1.0)
+                micro = _max_across(accelerator, math.ceil(len(minibatch) / config.micro_batch))
+                for k, chunk in enumerate(_chunks(minibatch, config.micro_batch, micro)):
+                    weight = 1.0 if chunk else 0.0
+                    used = chunk or fallback
+                    sync = contextlib.nullcontext() if k == micro - 1 else accelerator.no_sync(model)
+                    with sync:
+                        logprobs, entropy, counts = scorer.logprobs(model, used, accelerator.device)
+                        old = torch.cat(
+                            [
+                                s.old_logprobs if s.old_logprobs is not None else torch.zeros(c)
+                                for s, c in zip(used, counts, strict=True)
+                            ]
+                        ).to(logprobs.device)
+                        adv = torch.cat(
+                            [torch.full((c,), s.advantage) for s, c in zip(used, counts, strict=True)]
+                        )
+                        ref = None
+                        if reference is not None and chunk:
+                            ref = torch.cat(
+                                [
+                                    s.ref_logprobs if s.ref_logprobs is not None else torch.zeros(c)
+                                    for s, c in zip(used, counts, strict=True)
+                                ]
+                            ).to(logprobs.device)
+                        result = ppo_token_loss(
+                            logprobs,
+                            old,
+                            adv.to(logprobs.device),
+                            config.clip_low,
+                            config.clip_high,
+                            normalizer=norm,
+                            ref_logprobs=ref,
+                            kl_coef=config.kl_coef,
+                        )
+                        accelerator.backward(result.loss * weight)
+                    if chunk:
+                        stats["clip_fraction"].append(result.clip_fraction)
+                        stats["entropy"].append(float(entropy.mean()))
+                        stats["kl"].append(result.kl)
+                grad = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats["grad_norm"].append(float(grad))
+        scheduler.step()
+        metrics["time_update"] = time.perf_counter() - began
+
+        # metrics ------------------------------------------------------------------------------
+        n = len(trajectories)
+        totals = {
+            "reward": sum(p.total for p in parts_all),
+            "correctness": sum(p.correctness for p in parts_all),
+            "curiosity": sum(p.curiosity for p in parts_all),
+            "penalty": sum(p.penalty for p in parts_all),
+            "accuracy": sum(p.correctness > 0 for p in parts_all),
+            "rapr": sum(t.uses_tools for t in trajectories),
+            "ops": sum(t.n_calls for t in trajectories),
+            "failed_ops": sum(t.n_failed for t in trajectories),
+            "turns": sum(t.n_turns for t in trajectories),
+            "response_tokens": sum(t.generated_tokens for t in trajectories),
+            "uniform_groups": uniform_groups,
+            "groups": len(mine),
+            "trained_samples": len(batch_samples),
+            "rollouts": n,
+        }
+        summed = {k: sum_across(accelerator, v) for k, v in totals.items()}
+        rollouts = max(summed["rollouts"], 1)
+        for key in (
+            "reward",
+            "correctness",
+            "curiosity",
+            "penalty",
+            "accuracy",
+            "rapr",
+            "ops",
+            "turns",
+            "response_tokens",
+        ):
+            metrics[key] = summed[key] / rollouts
+        metrics["tool_error_rate"] = summed["failed_ops"] / max(summed["ops"], 1)
+        metrics["uniform_group_ratio"] = summed["uniform_groups"] / max(summed["groups"], 1)
+        metrics["trained_samples"] = summed["trained_samples"]
+        for task, uses in per_task.items():
+            metrics[f"rapr_{task}"] = sum_across(accelerator, sum(uses)) / max(
+                sum_across(accelerator, len(uses)), 1
+            )
+        for key, values in stats.items():
+            metrics[key] = float(np.mean(values)) if values else 0.0
+        metrics["lr"] = float(scheduler.get_last_lr()[0])
+        state.update(step=state["step"] + 1, epoch=epoch, offset=offset)
+        state["history"].append(metrics)
+        bar.update()
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", rapr=f"{metrics['rapr']:.2f}")
+        if state["step"] % config.log_every == 0 or state["step"] == config.steps:
+            logger.log(state["step"], metrics)
+        if config.save_every and state["step"] % config.save_every == 0 and state["step"] < stop_at:
+            checkpoint()
+    bar.close()
+    checkpoint()
+    final_dir = out / "final"
+    if state["step"] >= config.steps and accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(
+            final_dir, state_dict=accelerator.get_state_dict(model)
+        )
+        processor.save_pretrained(final_dir)
+    accelerator.wait_for_everyone()
+    logger.close()
+    return RLResult(out, final_dir, state["step"], list(state["history"]))
+
+
+def _sampler_logprobs(sample: Sample) -> torch.Tensor:
+    values = [lp for t in sample.trajectory.conversation.model_turns for lp in (t.logprobs or [])]
+    return torch.tensor(values, dtype=torch.float32)
+
+
+__all__ = ["RLConfig", "RLResult", "Sample", "rollout_facts", "train_rl"]

@@ -1,0 +1,176 @@
+"""The RL trainer: updates, batched log-probs, resume equivalence, two processes.
+
+A random tiny model rarely earns a reward, so most groups would be uniform and nothing would
+train. These tests replace the task score by a deterministic hash of each rollout's text (a
+stand-in reward with variance) to exercise the machinery; the reward functions themselves are
+tested in test_rl_math.py and learning is measured in bench/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixelreasoner.data.formats import read_items
+from pixelreasoner.models.loading import load_model
+from pixelreasoner.models.tiny import save_tiny_model
+from pixelreasoner.render import Renderer
+from pixelreasoner.rl.reward import RolloutFacts
+from pixelreasoner.rollout.backend import SamplingParams
+from pixelreasoner.rollout.engine import Query, RolloutEngine
+from pixelreasoner.rollout.hf import TransformersBackend
+from pixelreasoner.tasks.families import make_family
+from pixelreasoner.tasks.generate import generate_dataset
+from pixelreasoner.train import rl as rl_module
+from pixelreasoner.train.metrics import read_metrics
+from pixelreasoner.train.rl import RLConfig, Sample, _Scorer, train_rl
+from pixelreasoner.vision.budget import tiny
+
+BUDGET = tiny()
+
+
+def hashed_facts(trajectory, item) -> RolloutFacts:  # type: ignore[no-untyped-def]
+    """A reward with variance for a random model: a hash of the generated text."""
+    score = float(zlib.crc32(trajectory.final_text.encode()) % 2)
+    return RolloutFacts(
+        score=score, has_answer=True, n_ops=trajectory.n_calls, final_error=trajectory.final_error
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("rl")
+    generate_dataset([make_family("needle")], 8, root / "data", progress=False)
+    model = save_tiny_model(root / "model", preset="tiny-1m", seed=0)
+    return root / "data", model
+
+
+def config(setup: tuple[Path, Path], out: Path, **changes: object) -> RLConfig:
+    data, model = setup
+    base = RLConfig(
+        data=str(data),
+        model=str(model),
+        out_dir=str(out),
+        steps=2,
+        queries_per_step=2,
+        group_size=4,
+        max_turn_tokens=12,
+        train_batch_size=8,
+        micro_batch=4,
+        lr=1e-3,
+        progress=False,
+        metrics=("jsonl",),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_model(path, dtype=torch.float32)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_rl_updates_every_trainable_parameter(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    result = train_rl(config(setup, tmp_path / "run", filter="none"))
+    assert result.steps == 2 and all(
+        torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history
+    )
+    assert all(h["trained_samples"] > 0 for h in result.history)
+    before, after = weights(setup[1]), weights(result.final_dir)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == []
+    logged = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for key in (
+        "reward",
+        "correctness",
+        "curiosity",
+        "penalty",
+        "rapr",
+        "tool_error_rate",
+        "uniform_group_ratio",
+        "clip_fraction",
+        "entropy",
+        "response_tokens",
+        "time_rollout",
+        "time_logprob",
+        "time_update",
+    ):
+        assert f"train/{key}" in logged[-1], key
+
+
+def test_resume_matches_an_uninterrupted_run(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    straight = train_rl(config(setup, tmp_path / "straight", steps=3))
+    train_rl(config(setup, tmp_path / "cut", steps=3, stop_after_steps=2))
+    assert not (tmp_path / "cut" / "final").exists()
+    resumed = train_rl(config(setup, tmp_path / "cut", steps=3))
+    assert resumed.steps == 3
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        for key in ("reward", "rapr", "trained_samples", "response_tokens"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    one, two = weights(straight.final_dir), weights(resumed.final_dir)
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
+
+
+def test_batched_logprobs_match_one_at_a_time_and_the_sampler(setup) -> None:  # type: ignore[no-untyped-def]
+    data, model_dir = setup
+    model, processor = load_model(model_dir, dtype=torch.float32)
+    items = read_items(data).items[:3]
+    engine = RolloutEngine(
+        TransformersBackend(model, processor, BUDGET, seed=3),
+        BUDGET,
+        first=SamplingParams(temperature=1.0, max_new_tokens=20),
+    )
+    trajectories = engine.run([Query.from_item(i, BUDGET) for i in items for _ in range(2)])
+    samples = [Sample(t, 0.0) for t in trajectories]
+    scorer = _Scorer(Renderer(processor, BUDGET))
+    with torch.no_grad():
+        batched, _, counts = scorer.logprobs(model, samples, torch.device("cpu"))
+        single = torch.cat([scorer.logprobs(model, [s], torch.device("cpu"))[0] for s in samples])
+    sampler = torch.tensor(
+        [lp for t in trajectories for turn in t.conversation.model_turns for lp in turn.logprobs]
+    )
+    assert sum(counts) == batched.numel() == single.numel() == sampler.numel()
+    assert (batched - single).abs().max() < 1e-5
+    assert (batched - sampler).abs().max() < 1e-5
+
+
+def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data, model = setup
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pixelreasoner.cli",
+        "rl",
+        f"data={data}",
+        f"model={model}",
+        f"out_dir={tmp_path / 'two'}",
+        "steps=2",
+        "queries_per_step=2",
+        "group_size=4",
+        "max_turn_tokens=12",
+        "train_batch_size=8",
+        "micro_batch=4",
+        "filter=none",
+        "progress=false",
+        "metrics=jsonl",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in logged] == [1, 2]
+    assert all("train/reward" in r and "train/rapr" in r for r in logged)
+    assert (tmp_path / "two" / "final" / "config.json").is_file()
