@@ -71,10 +71,16 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny-1m")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/learnability")
+    parser.add_argument(
+        "--where",
+        default="marker",
+        choices=["marker", "marker+text"],
+        help="how questions locate the cue (see pixelreasoner.tasks.families.Where)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     budget = tiny()
-    family = make_family(args.family)
+    family = make_family(args.family, where=args.where)
     began = time.perf_counter()
     train = generate_dataset([family], args.train, out / "train", seed=args.seed, progress=False).items
     held = generate_dataset([family], args.eval, out / "heldout", seed=args.seed + 1000, progress=False).items

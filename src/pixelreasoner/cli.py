@@ -283,6 +283,17 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pixelreasoner.quickstart import Quickstart, QuickstartConfig
+
+    config = QuickstartConfig.fast() if args.fast else QuickstartConfig()
+    config = dataclasses.replace(config, seed=args.seed)
+    Quickstart(args.out, config, force=args.force).run()
+    return 0
+
+
 def _make_engine(args: argparse.Namespace, budget_name: str) -> tuple[RolloutEngine, bool]:
     """A rollout engine for --model (a path / hub id, or an http(s) URL of an OpenAI-compatible server).
 
@@ -508,6 +519,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML recipe (fields of RLConfig); defaults when omitted")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
     p.set_defaults(func=_cmd_rl)
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole method on CPU: tasks, traces, SFT, RL with/without curiosity, text-only, report",
+        description="Generate synthetic tasks, synthesize warm-start traces, build the tiny model, SFT, "
+        "curiosity-driven RL (and the ablations), evaluate and write report.html / report.md. Offline. "
+        "Default about 15-20 minutes on 2 cores; --fast is a smoke version (under 5 minutes). Stages already "
+        "done are skipped; a killed run continues where it stopped.",
+    )
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--fast", action="store_true", help="small smoke version (what CI runs)")
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.set_defaults(func=_cmd_quickstart)
     return parser
 
 

@@ -13,6 +13,7 @@ image becomes ``<|vision_start|>`` + one ``<|image_pad|>`` per merged patch + ``
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -171,10 +172,14 @@ class Renderer:
     >>> model.generate(**batch.model_kwargs())             # doctest: +SKIP
     """
 
-    def __init__(self, processor: ProcessorLike, budget: PixelBudget) -> None:
+    def __init__(self, processor: ProcessorLike, budget: PixelBudget, image_cache: int = 4096) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.budget = budget
+        # Images referenced by path are decoded and resized once: training renders each trace
+        # every epoch, and decoding PNGs was a fifth of an SFT step.
+        self._images: OrderedDict[tuple[str, bool], Image.Image] = OrderedDict()
+        self._image_cache = image_cache
         self.patch = PatchSpec.from_image_processor(processor.image_processor)
         if self.patch.factor != budget.factor:
             raise ValueError(
@@ -203,13 +208,19 @@ class Renderer:
     # -- images -----------------------------------------------------------------------------
     def load_image(self, part: ImagePart) -> Image.Image:
         """The image as the model will see it (input budget applied to the query's own images)."""
-        image = (
-            part.image
-            if part.image is not None
-            else load_image(part.path or "", max_pixels=self.budget.max_decode_pixels)
-        )
+        if part.image is not None:
+            return part.image if part.returned else self.budget.inputs.resize(part.image, self.budget.factor)
+        key = (part.path or "", part.returned)
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        image = load_image(key[0], max_pixels=self.budget.max_decode_pixels)
         if not part.returned:
             image = self.budget.inputs.resize(image, self.budget.factor)
+        if self._image_cache > 0:
+            self._images[key] = image
+            if len(self._images) > self._image_cache:
+                self._images.popitem(last=False)
         return image
 
     def encode_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[tuple[int, int, int]]]:

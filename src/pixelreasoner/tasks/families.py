@@ -21,7 +21,7 @@ pattern in smoothly, so that no pattern edge survives the global view (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image
@@ -72,6 +72,21 @@ def _pick_target(rng: np.random.Generator, grid: int) -> tuple[int, int]:
     return int(row), int(col)
 
 
+Where = Literal["marker", "marker+text"]
+"""How a question shows where to look: the red marker alone (visual search, the default), or the
+marker plus the position in words ("the red cell is in row 2, column 4"): a concession for CPU
+budgets, since localising from pixels is the slowest thing for a tiny model to learn. Either way
+the answer itself is only legible after zooming."""
+
+
+def _located(stem: str, where: Where, place: str) -> str:
+    return stem if where == "marker" else f"{stem} ({place}.)"
+
+
+def _cell_words(row: int, col: int, thing: str = "red cell") -> str:
+    return f"the {thing} is in row {row + 1}, column {col + 1}"
+
+
 def _row_question(grid: int) -> str:
     return f"In which row of the {grid}x{grid} grid is the red cell? Answer with a number from 1 to {grid}."
 
@@ -86,6 +101,7 @@ class Needle:
     shuffle_choices: bool = False
     contrast: float = 0.5
     fade: int = 8
+    where: Where = "marker"
     name: str = "needle"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -108,7 +124,9 @@ class Needle:
         target = self.patterns[cells[row, col]]
         letter = LETTERS[choices.index(target)]
         return Sample(
-            question=_choices_question("What pattern fills the red cell?", choices),
+            question=_choices_question(
+                _located("What pattern fills the red cell?", self.where, _cell_words(row, col)), choices
+            ),
             answer=letter,
             images=[canvas.image(self.contrast)],
             choices=choices,
@@ -141,6 +159,7 @@ class Count:
     objects: str = "coarse checkerboard"
     contrast: float = 0.5
     fade: int = 8
+    where: Where = "marker"
     name: str = "count"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -165,7 +184,12 @@ class Count:
                     square = (x0, y0, x0 + self.object_px, y0 + self.object_px)
                     canvas.fill(square, paper, self.objects, fade=self.fade // 2, set_tone=False)
         return Sample(
-            question=f"How many squares of {self.objects} are inside the red cell? Answer with a number.",
+            question=_located(
+                f"How many squares of {self.objects} are inside the red cell?",
+                self.where,
+                _cell_words(row, col),
+            )
+            + " Answer with a number.",
             answer=str(int(counts[row, col])),
             images=[canvas.image(self.contrast)],
             cue_bbox=self.lattice.box(row, col),
@@ -193,6 +217,7 @@ class Read:
     background: str = "fine checkerboard"
     contrast: float = 0.5
     fade: int = 8
+    where: Where = "marker"
     name: str = "read"
 
     def _number_range(self) -> tuple[int, int]:
@@ -218,7 +243,10 @@ class Read:
                 gx, gy = x0 + (x1 - x0 - gw) // 2, y0 + (y1 - y0 - gh) // 2
                 canvas.fill((gx, gy, gx + gw, gy + gh), paper, self.stroke, where=glyph, set_tone=False)
         return Sample(
-            question="What number is written in the red panel? Answer with the number.",
+            question=_located(
+                "What number is written in the red panel?", self.where, _cell_words(row, col, "red panel")
+            )
+            + " Answer with the number.",
             answer=str(int(numbers[row, col])),
             images=[canvas.image(self.contrast)],
             cue_bbox=self.lattice.box(row, col),
@@ -251,6 +279,7 @@ class Frames:
     patterns: tuple[str, ...] = BALANCED
     contrast: float = 0.5
     fade: int = 8
+    where: Where = "marker"
     name: str = "frames"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -268,7 +297,12 @@ class Frames:
             frames.append(canvas.image(self.contrast))
         return Sample(
             question=_choices_question(
-                "What pattern is shown in the frame with the red background?", choices
+                _located(
+                    "What pattern is shown in the frame with the red background?",
+                    self.where,
+                    f"it is frame {marked + 1}",
+                ),
+                choices,
             ),
             answer=LETTERS[int(kinds[marked])],
             images=frames,

@@ -79,6 +79,8 @@ class RLConfig:
     """The warm-start checkpoint (released: the end of SFT epoch 1)."""
     out_dir: str = "runs/rl"
     budget: str = "tiny"
+    mode: Literal["vcot", "notool"] = "vcot"
+    """Prompt with the operations (vcot), or the text-only baseline's prompt (notool)."""
 
     steps: int = 20
     """Rollout phases (released: ~3 episodes over ~15k queries at 512 per phase)."""
@@ -298,7 +300,9 @@ def train_rl(config: RLConfig) -> RLResult:
         # 1. rollout -----------------------------------------------------------------------
         began = time.perf_counter()
         model.eval()
-        queries = [Query.from_item(item, budget) for item in mine for _ in range(config.group_size)]
+        queries = [
+            Query.from_item(item, budget, config.mode) for item in mine for _ in range(config.group_size)
+        ]
         trajectories = engine.run(queries)
         model.train()
         metrics["time_rollout"] = time.perf_counter() - began
