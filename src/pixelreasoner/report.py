@@ -23,6 +23,7 @@ import torch
 
 from pixelreasoner.data.formats import read_items
 from pixelreasoner.train.metrics import read_metrics
+from pixelreasoner.viewer import STYLESHEET
 
 TARGETS = (
     "curiosity RL: accuracy >= 0.85 with RaPR >= 0.7",
@@ -175,7 +176,8 @@ def write_report(out: str | Path, models: Mapping[str, tuple[str, str]], familie
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Pixel Reasoner quickstart</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}.ok{{color:#176a1d}}.bad{{color:#a3161b}}img{{max-width:100%}}</style></head>
+td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}img{{max-width:100%}}</style>
+<style>{STYLESHEET}</style></head>
 <body><h1>Pixel Reasoner quickstart</h1>
 <p>Held-out synthetic items, greedy decoding. Scores in % (accuracy; ANLS for <code>read</code>).</p>
 {_markdown_table_html(table)}

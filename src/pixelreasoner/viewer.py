@@ -514,7 +514,7 @@ def _observation(
 
 
 # ------------------------------------------------------------------------------------ public API
-_CSS = """
+STYLESHEET = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;
  background:#f4f5f7;color:#1d2330;font-size:14px}
 main{max-width:1320px;margin:0 auto;padding:16px 24px}
@@ -625,7 +625,7 @@ def render_page(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
-        f"<style>{_CSS}</style></head><body><main><h1>{_e(title)}</h1>{nav}{''.join(sections)}</main>"
+        f"<style>{STYLESHEET}</style></head><body><main><h1>{_e(title)}</h1>{nav}{''.join(sections)}</main>"
         "</body></html>\n"
     )
 

@@ -406,7 +406,11 @@ def train_rl(config: RLConfig) -> RLResult:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 stats["grad_norm"].append(float(grad))
-        scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule advances once per phase, also when every group was uniform and no
+            # optimizer step ran; torch warns about that order, which is intended here.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
         metrics["time_update"] = time.perf_counter() - began
 
         # metrics ------------------------------------------------------------------------------
