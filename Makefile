@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit slow clean
+.PHONY: setup quickstart demo test lint typecheck unit slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+quickstart: setup
+	$(BIN)/pixelreasoner quickstart --out runs/quickstart
 
 demo: setup
 	$(BIN)/pixelreasoner demo --out runs/demo

@@ -1,0 +1,27 @@
+"""The quickstart's --fast path end to end (what CI runs), and skipping finished stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pixelreasoner.cli import main
+
+STAGES = ("tasks", "traces", "sft", "sft-text", "rl-curiosity", "rl-plain", "rl-text", "eval")
+
+
+def test_fast_quickstart_runs_and_resumes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
+    for stage in STAGES:
+        assert (out / stage / "DONE.json").is_file(), stage
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert set(results) == {"sft", "rl-curiosity", "rl-plain", "sft-text", "rl-text"}
+    assert set(results["sft"]) == {"needle", "frames"} and results["sft"]["needle"]["n"] == 6
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and "Targets" in report and "needle-000000" in report
+    assert "| SFT warm start | vcot |" in (out / "report.md").read_text()
+    # a second run skips every finished stage
+    capsys.readouterr()
+    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("done before, skipping") == len(STAGES)
