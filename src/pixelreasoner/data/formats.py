@@ -43,10 +43,8 @@ import json
 import math
 import os
 import stat
-import struct
 import tempfile
 import warnings
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +57,7 @@ from PIL import Image, UnidentifiedImageError
 from pixelreasoner.data.items import TaskItem
 from pixelreasoner.protocol.tools import system_message
 from pixelreasoner.trajectory import Conversation, ImagePart, Part, Role, Text, Turn, TurnKind, VideoPart
-from pixelreasoner.vision.images import DEFAULT_MAX_PIXELS
+from pixelreasoner.vision.images import DECODE_ERRORS, DEFAULT_MAX_PIXELS
 
 ITEMS_FILENAME = "items.parquet"
 """The file :func:`read_items` looks for when given a directory."""
@@ -87,17 +85,7 @@ _ITEMS_SCHEMA = pa.schema(
 
 # What Pillow may raise on a malformed header (it does not wrap struct/zlib failures); caught
 # only around the Pillow calls of the header check.
-_PIL_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    TypeError,
-    struct.error,
-    zlib.error,
-)
+_PIL_ERRORS = DECODE_ERRORS
 _NEW_FILE_MODE = 0o644
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 

@@ -63,6 +63,7 @@ from pixelreasoner.train.checkpoint import (
 )
 from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
+from pixelreasoner.train.options import RunOptions
 from pixelreasoner.train.sft import EpochOrder, apply_freezing
 from pixelreasoner.train.tokens import selected_logits
 from pixelreasoner.trajectory import Trajectory
@@ -70,7 +71,7 @@ from pixelreasoner.vision.budget import pixel_budget
 
 
 @dataclass
-class RLConfig:
+class RLConfig(RunOptions):
     """Curiosity-driven RL. Defaults run the tiny CPU job; ``configs/rl_qwen25vl_7b.yaml`` is the release."""
 
     data: str = "runs/quickstart/tasks/train"
@@ -127,16 +128,7 @@ class RLConfig:
     max_grad_norm: float = 1.0
     freeze_vision: bool = False
     """The release trains the vision tower in RL."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-
-    seed: int = 0
     log_every: int = 1
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    resume: bool = True
-    stop_after_steps: int = 0
-    metrics: tuple[str, ...] = ("stdout", "jsonl")
-    progress: bool = True
 
 
 @dataclass

@@ -36,6 +36,7 @@ from pixelreasoner.render import RenderedSequence, Renderer
 from pixelreasoner.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
+from pixelreasoner.train.options import RunOptions
 from pixelreasoner.train.tokens import nll_sum
 from pixelreasoner.trajectory import Conversation
 from pixelreasoner.vision.budget import pixel_budget
@@ -43,7 +44,7 @@ from pixelreasoner.vision.images import ImageLoadError
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunOptions):
     """Warm-start SFT. Defaults run the tiny CPU job; ``configs/sft_qwen25vl_7b.yaml`` is the paper's."""
 
     data: str = "runs/quickstart/traces/traces.json"
@@ -79,19 +80,6 @@ class SFTConfig:
     freeze_projector: bool = False
     """Freeze the patch merger that projects vision features into the LM."""
     gradient_checkpointing: bool = False
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 0
-    """Save a resumable checkpoint every N steps (0: only at the end)."""
-    keep_checkpoints: int = 2
-    resume: bool = True
-    """Continue from the latest checkpoint in ``out_dir`` if there is one."""
-    stop_after_steps: int = 0
-    """Save and stop once this many steps are done (0: run to the end), e.g. to fit a job's time limit."""
-    metrics: tuple[str, ...] = ("stdout", "jsonl")
-    progress: bool = True
 
 
 @dataclass

@@ -47,7 +47,7 @@ FRAMES_SOURCE = "<frames>"
 # indexing and inflate with zlib, and do not wrap what fails there, so a corrupt file can end in
 # any of these. They are caught only around calls into Pillow, never around our own code, so a
 # bug of ours is not hidden. UnidentifiedImageError is an OSError and is handled before this.
-_DECODE_ERRORS: tuple[type[Exception], ...] = (
+DECODE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     SyntaxError,
     ValueError,
@@ -148,7 +148,7 @@ def to_rgb(image: Image.Image, source: str = PIL_SOURCE) -> Image.Image:
             return _over_white(image)
         if mode in _PIL_CONVERTIBLE_MODES:
             return image.convert("RGB")
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ImageLoadError(source, f"cannot convert image mode {mode!r} to RGB") from exc
     raise ImageLoadError(source, f"unsupported image mode {mode!r}")
 
@@ -248,7 +248,7 @@ def _decode_stream(stream: IO[bytes], name: str, max_pixels: int) -> Image.Image
             raise _bomb_error(name, exc, max_pixels) from exc
         except MemoryError as exc:
             raise ImageLoadError(name, "not enough memory to read the image header") from exc
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise ImageLoadError(name, "truncated or corrupt image data") from exc
         # Drops Pillow's reference to the stream (multi-frame images keep one for seeking); the
         # caller's `with` closes the file itself, and the result is a detached RGB copy anyway.
@@ -276,7 +276,7 @@ def _decode_pixels(image: Image.Image, name: str, max_pixels: int = DEFAULT_MAX_
         raise _bomb_error(name, exc, max_pixels) from exc
     except MemoryError as exc:
         raise ImageLoadError(name, "not enough memory to decode the image") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         # Truncation (OSError "image file is truncated"), bad checksums, broken zlib or JPEG
         # streams: all the same to a user, whose file needs replacing.
         raise ImageLoadError(name, "truncated or corrupt image data") from exc
@@ -349,7 +349,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     """The image rotated/flipped as its EXIF Orientation tag says (a new image), else ``image``."""
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         # Unreadable EXIF says nothing reliable about orientation, and the pixels themselves
         # decoded fine, so the image is kept as stored rather than refused.
         return image
@@ -357,7 +357,7 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
         return image  # saves exif_transpose's unconditional copy for the common case
     try:
         return ImageOps.exif_transpose(image)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return image
 
 
