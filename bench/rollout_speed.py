@@ -46,8 +46,12 @@ class _SlowChat(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(self.delay)
-        body = json.dumps({"choices": [{"message": {"content": "It is \\boxed{A}."}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 500, "completion_tokens": 8}}).encode()
+        body = json.dumps(
+            {
+                "choices": [{"message": {"content": "It is \\boxed{A}."}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 500, "completion_tokens": 8},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -59,7 +63,9 @@ class _SlowChat(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="checkpoint directory (default: a fresh tiny-1m)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=96, help="max new tokens per turn")
@@ -71,42 +77,57 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else save_tiny_model(Path(tmp) / "m")
         model, processor = load_model(model_dir, dtype=torch.float32)
-        items = generate_dataset([make_family("needle")], args.batch, Path(tmp) / "d", seed=5, progress=False).items
+        items = generate_dataset(
+            [make_family("needle")], args.batch, Path(tmp) / "d", seed=5, progress=False
+        ).items
         params = SamplingParams(temperature=0.0, max_new_tokens=args.tokens)
 
         def rollout(batch: list, cache: bool = True) -> list:  # type: ignore[type-arg]
-            engine = RolloutEngine(TransformersBackend(model, processor, budget, cache=cache), budget, first=params)
+            engine = RolloutEngine(
+                TransformersBackend(model, processor, budget, cache=cache), budget, first=params
+            )
             return engine.run([Query.from_item(i, budget) for i in batch])
 
         rollout(items[:2])  # warm-up
         batched, t_batched = timed(lambda: rollout(items))
         single, t_single = timed(lambda: [rollout([i])[0] for i in items])
-        same = all([t.token_ids for t in a.conversation.model_turns] == [t.token_ids for t in b.conversation.model_turns]
-                   for a, b in zip(batched, single, strict=True))
+        same = all(
+            [t.token_ids for t in a.conversation.model_turns]
+            == [t.token_ids for t in b.conversation.model_turns]
+            for a, b in zip(batched, single, strict=True)
+        )
         turns = sum(t.n_turns for t in batched) / len(batched)
         tokens = sum(t.generated_tokens for t in batched)
-        print(f"batched vs one at a time ({args.batch} trajectories, {turns:.2f} turns each, {tokens} tokens): "
-              f"{t_batched:.2f} s vs {t_single:.2f} s -> {t_single / t_batched:.1f}x (same tokens: {same})")
+        print(
+            f"batched vs one at a time ({args.batch} trajectories, {turns:.2f} turns each, {tokens} tokens): "
+            f"{t_batched:.2f} s vs {t_single:.2f} s -> {t_single / t_batched:.1f}x (same tokens: {same})"
+        )
         recoded, t_recode = timed(lambda: rollout(items, cache=False))
-        same = all([t.token_ids for t in a.conversation.model_turns] == [t.token_ids for t in b.conversation.model_turns]
-                   for a, b in zip(batched, recoded, strict=True))
-        print(f"cache continuation vs re-encoding each turn: {t_batched:.2f} s vs {t_recode:.2f} s -> "
-              f"{t_recode / t_batched:.2f}x (same tokens: {same})")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowChat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/v1"
-        queries = lambda: [Query.from_item(items[i % len(items)], budget) for i in range(args.http)]  # noqa: E731
-        with OpenAIBackend(url, "bench", max_concurrency=8, budget=budget) as backend:
-            engine = RolloutEngine(backend, budget, first=params)
-            _, t_conc = timed(lambda: asyncio.run(engine.run_async(queries(), concurrency=8)))
-            _, t_seq = timed(lambda: asyncio.run(engine.run_async(queries(), concurrency=1)))
-        print(f"http, {args.http} requests of {_SlowChat.delay:.1f} s: concurrency 8 vs 1: {t_conc:.2f} s vs "
-              f"{t_seq:.2f} s -> {t_seq / t_conc:.1f}x")
-    finally:
-        server.shutdown()
-        server.server_close()
+        same = all(
+            [t.token_ids for t in a.conversation.model_turns]
+            == [t.token_ids for t in b.conversation.model_turns]
+            for a, b in zip(batched, recoded, strict=True)
+        )
+        print(
+            f"cache continuation vs re-encoding each turn: {t_batched:.2f} s vs {t_recode:.2f} s -> "
+            f"{t_recode / t_batched:.2f}x (same tokens: {same})"
+        )
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowChat)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/v1"
+            queries = lambda: [Query.from_item(items[i % len(items)], budget) for i in range(args.http)]  # noqa: E731
+            with OpenAIBackend(url, "bench", max_concurrency=8, budget=budget) as backend:
+                engine = RolloutEngine(backend, budget, first=params)
+                _, t_conc = timed(lambda: asyncio.run(engine.run_async(queries(), concurrency=8)))
+                _, t_seq = timed(lambda: asyncio.run(engine.run_async(queries(), concurrency=1)))
+            print(
+                f"http, {args.http} requests of {_SlowChat.delay:.1f} s: concurrency 8 vs 1: "
+                f"{t_conc:.2f} s vs {t_seq:.2f} s -> {t_seq / t_conc:.1f}x"
+            )
+        finally:
+            server.shutdown()
+            server.server_close()
 
 
 if __name__ == "__main__":

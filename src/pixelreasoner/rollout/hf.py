@@ -231,13 +231,19 @@ class TransformersBackend:
         logits = logits.clone()
         logits[:, self.suppress] = float("-inf")
         scaled = logits / temperature[:, None]
+        if all(p.greedy for p in params):  # evaluation: no sorting, no random draws
+            tokens = scaled.argmax(-1)
+            return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
         greedy = torch.tensor([p.greedy for p in params], device=logits.device)
-        filtered = _filter_logits(
-            scaled,
-            torch.tensor([p.top_k for p in params], device=logits.device),
-            torch.tensor([p.top_p for p in params], device=logits.device),
-        )
-        probs = torch.softmax(filtered, dim=-1)
+        if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+            scaled_for_draw = _filter_logits(
+                scaled,
+                torch.tensor([p.top_k for p in params], device=logits.device),
+                torch.tensor([p.top_p for p in params], device=logits.device),
+            )
+        else:
+            scaled_for_draw = scaled
+        probs = torch.softmax(scaled_for_draw, dim=-1)
         sampled = torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(-1).to(logits.device)
         tokens = torch.where(greedy, scaled.argmax(-1), sampled)
         return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
@@ -258,21 +264,22 @@ class TransformersBackend:
         while any(running):
             tokens, logprobs = self._sample(logits, params)
             produced = list(running)
+            token_list, logprob_list = tokens.tolist(), logprobs.tolist()  # one transfer per step
             for i in range(batch):
                 if produced[i]:
-                    token = int(tokens[i])
+                    token = token_list[i]
                     out_ids[i].append(token)
-                    out_lp[i].append(float(logprobs[i]))
+                    out_lp[i].append(logprob_list[i])
                     self.rows[i].ids.append(token)
                     self.rows[i].types.append(0)
                     running[i] = token not in self.stop_ids and len(out_ids[i]) < limits[i]
-            step = torch.where(
-                torch.tensor(produced), tokens.cpu(), torch.tensor(self.processor.pad_token_id)
-            )
+            step = [
+                t if p else self.processor.pad_token_id for t, p in zip(token_list, produced, strict=True)
+            ]
             # Even after the last row stops its token must enter the cache, so that the next
             # turn continues from a complete sequence; only re-encoding can skip that pass.
             if any(running) or self.use_cache:
-                logits = self._append(step, torch.tensor(produced))
+                logits = self._append(torch.tensor(step), produced)
         results = []
         for request in requests:
             i = slot[request.key]
@@ -290,16 +297,18 @@ class TransformersBackend:
             )
         return results
 
-    def _append(self, step_ids: torch.Tensor, wrote: torch.Tensor) -> torch.Tensor:
+    def _append(self, step_ids: torch.Tensor, wrote: list[bool]) -> torch.Tensor:
         """Feed one token per row (masked where ``wrote`` is false); return next-token logits."""
         if self.mask is None or self.cache is None:
             raise RuntimeError("decoding before prefill")
-        positions = torch.zeros((3, len(self.rows), 1), dtype=torch.long)
-        for i, row in enumerate(self.rows):
-            if wrote[i]:
-                positions[:, i, 0] = row.next_position
-                row.next_position += 1
-        self.mask = torch.cat([self.mask, wrote.long()[:, None].to(self.device)], dim=1)
+        next_positions = []
+        for row, written in zip(self.rows, wrote, strict=True):
+            next_positions.append(row.next_position if written else 0)
+            row.next_position += written
+        positions = torch.tensor(next_positions, dtype=torch.long).view(1, -1, 1).expand(3, -1, 1)
+        self.mask = torch.cat(
+            [self.mask, torch.tensor(wrote, dtype=torch.long, device=self.device)[:, None]], dim=1
+        )
         out = self.model(
             input_ids=step_ids[:, None].to(self.device),
             attention_mask=self.mask,
