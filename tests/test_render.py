@@ -237,3 +237,21 @@ def test_text_types_are_zero_outside_vision_blocks(tiny) -> None:  # type: ignor
     _, processor = tiny
     seq = Renderer(processor, BUDGET).render(Conversation.from_question("Only text"))
     assert set(seq.mm_token_type_ids) == {TEXT} and seq.pixel_values is None
+
+
+def test_truncation_never_splits_an_image(tiny) -> None:  # type: ignore[no-untyped-def]
+    _, processor = tiny
+    renderer = Renderer(processor, BUDGET)
+    seq = renderer.render(self_correction_trace())
+    starts = [i for i, t in enumerate(seq.input_ids) if t == processor.vision_start_token_id]
+    second = starts[1]  # the returned crop's block: <|vision_start|>, n pads, <|vision_end|>
+    t, h, w = seq.image_grid_thw[1]
+    for cut in range(second + 1, second + t * h * w // 4 + 2):  # every cut inside that block
+        short = renderer.truncate(seq, cut)
+        assert len(short) == second and short.input_ids == seq.input_ids[:second]
+        assert len(short.image_grid_thw) == 1  # only the question's image is left
+        t, h, w = short.image_grid_thw[0]
+        assert short.pixel_values is not None and short.pixel_values.shape[0] == t * h * w
+    assert renderer.truncate(seq, len(seq)) is seq
+    whole = renderer.truncate(seq, starts[0] + 2)  # inside the first image: nothing of it stays
+    assert len(whole) == starts[0] and whole.pixel_values is None and whole.image_grid_thw == []

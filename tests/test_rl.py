@@ -174,3 +174,25 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     assert [r["step"] for r in logged] == [1, 2]
     assert all("train/reward" in r and "train/rapr" in r for r in logged)
     assert (tmp_path / "two" / "final" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [({"filter": "drop"}, "uniform_group_ratio"), ({"kl_coef": 0.1}, "kl")],
+    ids=["drop-uniform-groups", "kl-to-reference"],
+)
+def test_filter_and_kl_variants_run(setup, tmp_path, monkeypatch, changes, key) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    result = train_rl(config(setup, tmp_path / "run", steps=1, **changes))
+    assert result.steps == 1 and key in result.history[0]
+    if key == "kl":
+        # the first update starts at the reference policy: k3 is 0 there and stays small
+        assert 0.0 <= result.history[0]["kl"] < 0.1
+
+
+@pytest.mark.parametrize("recipe", ["configs/rl_tiny.yaml", "configs/rl_qwen25vl_7b.yaml"])
+def test_rl_recipes_parse(recipe: str) -> None:
+    from pixelreasoner.config import load_config
+
+    config = load_config(RLConfig, Path(__file__).resolve().parent.parent / recipe)
+    assert config.group_size == 8 and config.reward.curiosity == "paper"

@@ -230,3 +230,13 @@ def test_config_errors(tmp_path: Path) -> None:
 def test_recipes_parse(recipe: str) -> None:
     root = Path(__file__).resolve().parent.parent
     assert isinstance(load_config(SFTConfig, root / recipe), SFTConfig)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"gradient_checkpointing": True}, {"mixed_precision": "bf16"}],
+    ids=["gradient-checkpointing", "bf16"],
+)
+def test_memory_and_precision_options_train(traces: Path, tmp_path: Path, changes: dict[str, object]) -> None:
+    result = train_sft(config(traces, tmp_path / "run", max_steps=1, batch_size=4, **changes))
+    assert result.steps == 1 and all(torch.isfinite(torch.tensor(result.losses)))

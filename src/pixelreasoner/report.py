@@ -29,6 +29,7 @@ TARGETS = (
     "curiosity RL: accuracy >= 0.85 with RaPR >= 0.7",
     "text-only model: near chance",
     "RL without curiosity: RaPR falls (the learning trap)",
+    "RL with curiosity: RaPR stays up (>= 0.3 at the end of RL)",
 )
 
 
@@ -103,6 +104,13 @@ def check_targets(results: Mapping[str, Any], out: Path, chance: float) -> list[
         )
     else:
         checks.append((TARGETS[2], None, "no run"))
+    curious = out / "rl-curiosity" / "metrics.jsonl"
+    if curious.is_file():
+        records = read_metrics(curious)
+        first, last = records[0]["train/rapr"], records[-1]["train/rapr"]
+        checks.append((TARGETS[3], last >= 0.3, f"RaPR {first:.2f} -> {last:.2f} over {len(records)} steps"))
+    else:
+        checks.append((TARGETS[3], None, "no run"))
     return checks
 
 

@@ -12,6 +12,7 @@ import random
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
@@ -19,6 +20,10 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Ac
     use_cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     if use_cpu and mixed_precision == "fp16":
         raise ValueError("fp16 mixed precision needs a GPU; use bf16 or no on CPU")
+    # accelerate keeps one process-wide state; a single process may run several stages one after
+    # another (the quickstart does) with different precision, so start each from a clean state.
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
 
 
