@@ -87,6 +87,16 @@ def _cell_words(row: int, col: int, thing: str = "red cell") -> str:
     return f"the {thing} is in row {row + 1}, column {col + 1}"
 
 
+def _lattice_meta(row: int, col: int, grid: int) -> dict[str, Any]:
+    """Facts every lattice item keeps: its cell, and a question the global view answers alone."""
+    return {
+        "cell": [row, col],
+        "grid": grid,
+        "global_question": _row_question(grid),
+        "global_answer": str(row + 1),
+    }
+
+
 def _row_question(grid: int) -> str:
     return f"In which row of the {grid}x{grid} grid is the red cell? Answer with a number from 1 to {grid}."
 
@@ -131,13 +141,7 @@ class Needle:
             images=[canvas.image(self.contrast)],
             choices=choices,
             cue_bbox=self.lattice.box(row, col),
-            meta={
-                "cell": [row, col],
-                "answer_text": target,
-                "grid": g,
-                "global_question": _row_question(g),
-                "global_answer": str(row + 1),
-            },
+            meta={**_lattice_meta(row, col, g), "answer_text": target},
         )
 
     def answer_space(self, sample: Sample) -> list[str]:
@@ -193,12 +197,7 @@ class Count:
             answer=str(int(counts[row, col])),
             images=[canvas.image(self.contrast)],
             cue_bbox=self.lattice.box(row, col),
-            meta={
-                "cell": [row, col],
-                "grid": g,
-                "global_question": _row_question(g),
-                "global_answer": str(row + 1),
-            },
+            meta=_lattice_meta(row, col, g),
         )
 
     def answer_space(self, sample: Sample) -> list[str]:
@@ -250,12 +249,7 @@ class Read:
             answer=str(int(numbers[row, col])),
             images=[canvas.image(self.contrast)],
             cue_bbox=self.lattice.box(row, col),
-            meta={
-                "cell": [row, col],
-                "grid": g,
-                "global_question": _row_question(g),
-                "global_answer": str(row + 1),
-            },
+            meta=_lattice_meta(row, col, g),
         )
 
     def answer_space(self, sample: Sample) -> list[str]:
