@@ -25,7 +25,7 @@ from pixelreasoner.protocol.turns import parse_turn
 from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import RolloutEngine, rollout_items
 from pixelreasoner.rollout.hf import TransformersBackend
-from pixelreasoner.synth.traces import TraceSynthesizer
+from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
 from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.sft import SFTConfig, train_sft
@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/learnability")
     parser.add_argument(
+        "--single-only", action="store_true", help="single-pass traces only (no self-correction or text-only)"
+    )
+    parser.add_argument(
         "--where",
         default="marker",
         choices=["marker", "marker+text"],
@@ -84,7 +87,20 @@ def main() -> None:
     began = time.perf_counter()
     train = generate_dataset([family], args.train, out / "train", seed=args.seed, progress=False).items
     held = generate_dataset([family], args.eval, out / "heldout", seed=args.seed + 1000, progress=False).items
-    conversations, qids, report = TraceSynthesizer(budget, seed=args.seed).run(train, progress=False)
+    mix = (
+        TraceMix(
+            single=1.0,
+            recrop_once=0.0,
+            recrop_twice=0.0,
+            zoom_further=0.0,
+            video_single=1.0,
+            video_reselect=0.0,
+            text_only=0.0,
+        )
+        if args.single_only
+        else TraceMix()
+    )
+    conversations, qids, report = TraceSynthesizer(budget, mix=mix, seed=args.seed).run(train, progress=False)
     traces = write_traces(conversations, out / "traces.json", qids=qids)
     print(report.summary(), f"({time.perf_counter() - began:.0f} s for data)")
 
