@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="run one protocol round end to end on the tiny default (the main job for now)",
+        help="a seconds-long tour: one protocol round end to end on the tiny default",
         description="Build a tiny model, ask a question about a generated image, execute a zoom-in "
         "tool call, render the conversation with its loss mask. Offline, CPU, seconds.",
     )
