@@ -11,7 +11,6 @@ import torch
 
 from pixelreasoner.rl.algorithm import (
     ReplayBuffer,
-    cosine_with_floor,
     group_advantages,
     is_uniform,
     ppo_token_loss,
@@ -26,6 +25,7 @@ from pixelreasoner.rl.reward import (
     group_rewards,
     rapr,
 )
+from pixelreasoner.train.sft import cosine_schedule
 
 PAPER, RELEASED = RewardConfig(), RewardConfig.released()
 
@@ -157,6 +157,6 @@ def test_k3_kl_term() -> None:
 
 def test_entropy_and_schedule() -> None:
     assert token_entropy(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
-    assert cosine_with_floor(0, 100, 3, 0.5) == pytest.approx(1 / 3)
-    assert cosine_with_floor(3, 100, 3, 0.5) == pytest.approx(1.0)
-    assert cosine_with_floor(100, 100, 3, 0.5) == pytest.approx(0.5)
+    assert cosine_schedule(0, 100, 3, 0.5) == pytest.approx(1 / 3)
+    assert cosine_schedule(3, 100, 3, 0.5) == pytest.approx(1.0)
+    assert cosine_schedule(100, 100, 3, 0.5) == pytest.approx(0.5)

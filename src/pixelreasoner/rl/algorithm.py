@@ -12,10 +12,9 @@ Pure functions over lists and tensors (SPEC §4):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -129,19 +128,3 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy ``[N]`` of each row of ``[N, V]`` logits."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-FilterMode = Literal["none", "drop", "ssr"]
-
-
-def constant_or_count(normalizer: float, mode: Literal["constant", "tokens"]) -> float | None:
-    """The loss normalizer of a config: the constant, or None for the token count."""
-    return normalizer if mode == "constant" else None
-
-
-def cosine_with_floor(step: int, total: int, warmup: int, floor: float) -> float:
-    """LR multiplier: linear warm-up, then cosine down to ``floor`` (released RL: 3% warm-up, floor 0.5)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

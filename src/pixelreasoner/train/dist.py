@@ -39,7 +39,3 @@ def sum_across(accelerator: Accelerator, value: float | int) -> float:
     """Sum a number over all processes."""
     tensor = torch.tensor([float(value)], device=accelerator.device)
     return float(accelerator.reduce(tensor, reduction="sum").item())
-
-
-def world_size(accelerator: Accelerator) -> int:
-    return int(accelerator.num_processes)

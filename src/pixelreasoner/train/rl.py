@@ -45,7 +45,6 @@ from pixelreasoner.models.loading import load_model
 from pixelreasoner.render import RenderedSequence, Renderer
 from pixelreasoner.rl.algorithm import (
     ReplayBuffer,
-    cosine_with_floor,
     group_advantages,
     is_uniform,
     ppo_token_loss,
@@ -64,7 +63,7 @@ from pixelreasoner.train.checkpoint import (
 from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
-from pixelreasoner.train.sft import EpochOrder, apply_freezing
+from pixelreasoner.train.sft import EpochOrder, apply_freezing, cosine_schedule
 from pixelreasoner.train.tokens import selected_logits
 from pixelreasoner.trajectory import Trajectory
 from pixelreasoner.vision.budget import pixel_budget
@@ -139,6 +138,8 @@ class Sample:
     advantage: float
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    rendered: RenderedSequence | None = None
+    """Rendered once, then reused by the old, reference and update passes (images encoded once)."""
 
 
 @dataclass
@@ -179,7 +180,10 @@ class _Scorer:
         self.renderer = renderer
 
     def inputs(self, samples: list[Sample], device: torch.device) -> Any:
-        rendered: list[RenderedSequence] = [self.renderer.render(s.trajectory.conversation) for s in samples]
+        for sample in samples:
+            if sample.rendered is None:
+                sample.rendered = self.renderer.render(sample.trajectory.conversation)
+        rendered = [s.rendered for s in samples if s.rendered is not None]
         return self.renderer.collate(rendered, padding_side="right").to(device)
 
     def logprobs(
@@ -226,7 +230,7 @@ def train_rl(config: RLConfig) -> RLResult:
     )
     warmup = int(config.warmup_ratio * config.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_floor(s, config.steps, warmup, config.min_lr_ratio)
+        optimizer, lambda s: cosine_schedule(s, config.steps, warmup, config.min_lr_ratio)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -404,6 +408,8 @@ def train_rl(config: RLConfig) -> RLResult:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             scheduler.step()
         metrics["time_update"] = time.perf_counter() - began
+        for sample in batch_samples:  # replayed samples must not keep pixel tensors in the buffer
+            sample.rendered = None
 
         # metrics ------------------------------------------------------------------------------
         n = len(trajectories)
