@@ -7,11 +7,16 @@ region, accuracy, RaPR, and a global-view-only control (the same model answering
 ``notool`` prompt, which cannot see the detail).
 
     python bench/learnability.py --family needle --train 800 --steps 300 --out runs/learn-needle
+    python bench/learnability.py --family all --train 200 --steps 400 --out runs/learn-all
+
+With several families, one model is trained on all of them (``--train`` items each) and every
+figure is also given per family.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,43 +31,64 @@ from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import RolloutEngine, rollout_items
 from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
-from pixelreasoner.tasks.families import make_family
+from pixelreasoner.tasks.families import FAMILIES, make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.sft import SFTConfig, train_sft
 from pixelreasoner.vision.budget import tiny
 
 
-def first_call_stats(trajectories, items) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Share of trajectories whose first turn is a valid call, and share whose call hit the cue."""
-    valid = right = 0
-    for trajectory, item in zip(trajectories, items, strict=True):
-        turns = trajectory.conversation.model_turns
-        call = parse_turn(turns[0].text).call if turns else None
-        if call is None or call.error is not None:
-            continue
-        valid += 1
-        args = call.arguments or {}
-        if item.is_video:
-            right += args.get("target_frames") == item.cue_frames
-        else:
-            box = args.get("bbox_2d")
-            right += (
-                isinstance(box, list)
-                and len(box) == 4
-                and all(
-                    isinstance(v, int | float) and abs(v - c) < 0.05
-                    for v, c in zip(box, item.cue_bbox or [], strict=False)
-                )
-            )
+def first_call(trajectory, item) -> tuple[bool, bool]:  # type: ignore[no-untyped-def]
+    """Whether the first turn is a valid tool call, and whether that call hit the cue."""
+    turns = trajectory.conversation.model_turns
+    call = parse_turn(turns[0].text).call if turns else None
+    if call is None or call.error is not None:
+        return False, False
+    args = call.arguments or {}
+    if item.is_video:
+        return True, args.get("target_frames") == item.cue_frames
+    box = args.get("bbox_2d")
+    right = (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(
+            isinstance(v, int | float) and abs(v - c) < 0.05
+            for v, c in zip(box, item.cue_bbox or [], strict=False)
+        )
+    )
+    return True, right
+
+
+def figures(trajectories, items, control) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Valid first calls, right regions, accuracy, RaPR and the no-tool control, as shares."""
     n = max(1, len(items))
-    return valid / n, right / n
+    calls = [first_call(t, i) for t, i in zip(trajectories, items, strict=True)]
+    return {
+        "n": len(items),
+        "valid_first_call": sum(v for v, _ in calls) / n,
+        "right_region": sum(r for _, r in calls) / n,
+        "accuracy": sum(task_for(i).score(t, i) for t, i in zip(trajectories, items, strict=True)) / n,
+        "rapr": sum(t.uses_tools for t in trajectories) / n,
+        "notool_control_accuracy": sum(task_for(i).score(t, i) for t, i in zip(control, items, strict=True))
+        / n,
+    }
+
+
+def knobs_for(family: str, pairs: list[str]) -> dict[str, object]:
+    """The ``KEY=VALUE`` knobs that ``family`` has, typed like its defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(FAMILIES[family])}
+    knobs: dict[str, object] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key in defaults:
+            knobs[key] = type(defaults[key])(value)
+    return knobs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--family", default="needle")
+    parser.add_argument("--family", default="needle", help="a family, a comma list, or 'all'")
     parser.add_argument("--train", type=int, default=800, help="training items")
     parser.add_argument("--eval", type=int, default=64, help="held-out items")
     parser.add_argument("--steps", type=int, default=300)
@@ -80,26 +106,18 @@ def main() -> None:
         choices=["marker", "marker+text"],
         help="how questions locate the cue (see pixelreasoner.tasks.families.Where)",
     )
+    parser.add_argument(
+        "--knob", action="append", default=[], metavar="KEY=VALUE", help="knob for every family that has it"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     budget = tiny()
-    family = make_family(args.family, where=args.where)
+    names = list(FAMILIES) if args.family == "all" else args.family.split(",")
+    families = [make_family(n, where=args.where, **knobs_for(n, args.knob)) for n in names]
     began = time.perf_counter()
-    train = generate_dataset([family], args.train, out / "train", seed=args.seed, progress=False).items
-    held = generate_dataset([family], args.eval, out / "heldout", seed=args.seed + 1000, progress=False).items
-    mix = (
-        TraceMix(
-            single=1.0,
-            recrop_once=0.0,
-            recrop_twice=0.0,
-            zoom_further=0.0,
-            video_single=1.0,
-            video_reselect=0.0,
-            text_only=0.0,
-        )
-        if args.single_only
-        else TraceMix()
-    )
+    train = generate_dataset(families, args.train, out / "train", seed=args.seed, progress=False).items
+    held = generate_dataset(families, args.eval, out / "heldout", seed=args.seed + 1000, progress=False).items
+    mix = TraceMix.single_pass() if args.single_only else TraceMix()
     conversations, qids, report = TraceSynthesizer(budget, mix=mix, seed=args.seed).run(train, progress=False)
     traces = write_traces(conversations, out / "traces.json", qids=qids)
     print(report.summary(), f"({time.perf_counter() - began:.0f} s for data)")
@@ -136,26 +154,34 @@ def main() -> None:
     t0 = time.perf_counter()
     trajectories = rollout_items(engine, held)
     rollout_seconds = time.perf_counter() - t0
-    scores = [task_for(i).score(t, i) for t, i in zip(trajectories, held, strict=True)]
-    valid, right = first_call_stats(trajectories, held)
-    rapr = sum(t.uses_tools for t in trajectories) / len(held)
     control = rollout_items(engine, held, mode="notool")
-    control_scores = [task_for(i).score(t, i) for t, i in zip(control, held, strict=True)]
     summary = {
         "family": args.family,
+        "knobs": args.knob,
+        "where": args.where,
         "train_items": args.train,
         "traces": len(conversations),
         "steps": result.steps,
         "sft_seconds": round(sft_seconds, 1),
         "tokens_per_s": round(result.tokens_per_second),
-        "valid_first_call": valid,
-        "right_region": right,
-        "accuracy": sum(scores) / len(scores),
-        "rapr": rapr,
-        "notool_control_accuracy": sum(control_scores) / len(control_scores),
+        **figures(trajectories, held, control),
         "rollout_seconds": round(rollout_seconds, 1),
         "final_loss": result.losses[-1],
     }
+    if len(names) > 1:
+        summary["per_family"] = {
+            name: figures(
+                *zip(
+                    *[
+                        (t, i, c)
+                        for t, i, c in zip(trajectories, held, control, strict=True)
+                        if i.benchmark == name
+                    ],
+                    strict=True,
+                )
+            )
+            for name in names
+        }
     print(json.dumps(summary, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     example = trajectories[0]

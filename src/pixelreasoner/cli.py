@@ -77,8 +77,8 @@ def _parse_knobs(pairs: Sequence[str], family: str) -> dict[str, object]:
     knobs: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in fields or key in ("name", "lattice"):
-            allowed = ", ".join(n for n in fields if n not in ("name", "lattice"))
+        if not sep or key not in fields or key == "name":
+            allowed = ", ".join(n for n in fields if n != "name")
             raise SystemExit(f"bad knob {pair!r} for {family}; knobs are KEY=VALUE with KEY in: {allowed}")
         default = getattr(FAMILIES[family](), key)
         try:

@@ -79,6 +79,23 @@ class TraceMix:
                 f"and 0 <= text_only < 1 (got {self.text_only})"
             )
 
+    @classmethod
+    def single_pass(cls, self_correction: float = 0.0, text_only: float = 0.0) -> TraceMix:
+        """Mostly single-pass traces: ``self_correction`` is shared evenly by the three image
+        self-correction variants and video re-selection (the shares within each kind keep the
+        paper's ratios). Single-pass traces are shorter and each teaches the right zoom, so small
+        models learn where to look fastest from them."""
+        image = 1.0 - self_correction
+        return cls(
+            single=image,
+            recrop_once=self_correction * 0.2 / 0.7,
+            recrop_twice=self_correction * 0.2 / 0.7,
+            zoom_further=self_correction * 0.3 / 0.7,
+            video_single=image,
+            video_reselect=self_correction,
+            text_only=text_only,
+        )
+
     def image_variant(self, rng: np.random.Generator) -> Variant:
         names: tuple[Variant, ...] = ("single", "recrop_once", "recrop_twice", "zoom_further")
         shares = (self.single, self.recrop_once, self.recrop_twice, self.zoom_further)

@@ -74,13 +74,16 @@ def digit_mask(text: str, scale: int, gap: int = 1) -> Mask:
 class Lattice:
     """A square canvas of ``grid x grid`` cells of ``cell`` px.
 
-    With the protocol's 0.1 padding, a one-cell box crops ``cell + 0.2 * size`` px; the
-    defaults (5 x 112 px on 560 px) make that 224 px (168 px at a border), a multiple of 28, so
-    the crop reaches the model unresized.
+    With the protocol's 0.1 padding, a one-cell box crops ``cell + 0.2 * size`` px
+    (``cell + 0.1 * size`` at a border). The crop reaches the model unresized, which keeps 1 px
+    patterns intact, when those are multiples of 28 and cell edges fall on the 14 px patch
+    grid: a 560 px canvas with 4 x 140 px cells (the default; crops of 252 and 196 px, boxes
+    exact in quarters) or 5 x 112 px (224 and 168 px) or 2 x 280 px (336 px). A 3 x 3 grid has
+    no such size with exact short box coordinates.
     """
 
-    grid: int = 5
-    cell: int = 112
+    grid: int = 4
+    cell: int = 140
 
     @property
     def size(self) -> int:

@@ -4,7 +4,7 @@ Each mirrors one of the paper's benchmarks; in each, *where to look* is coarse a
 the global view (a red cell or frame) while *what is there* is a fine pattern that only a crop
 (or a selected frame) at native resolution shows:
 
-- ``needle`` (V*-like): which pattern fills the red cell of a 5x5 lattice; multiple choice.
+- ``needle`` (V*-like): which pattern fills the red cell of a 4x4 lattice; multiple choice.
 - ``count`` (TallyQA-like): how many striped squares lie inside the red cell; a number.
 - ``read`` (InfoVQA-like): which number is drawn (in pattern strokes) in the red panel; free form.
 - ``frames`` (MVBench-like): which pattern the red frame of a 16-frame clip shows; multiple choice.
@@ -101,11 +101,23 @@ def _row_question(grid: int) -> str:
     return f"In which row of the {grid}x{grid} grid is the red cell? Answer with a number from 1 to {grid}."
 
 
+class _OnLattice:
+    """A family drawn on a ``grid x grid`` lattice of ``cell`` px squares (both are knobs)."""
+
+    grid: int
+    cell: int
+
+    @property
+    def lattice(self) -> Lattice:
+        return Lattice(self.grid, self.cell)
+
+
 @dataclass(frozen=True)
-class Needle:
+class Needle(_OnLattice):
     """Which pattern fills the red cell. Knobs: lattice, pattern set, share of patterned distractors."""
 
-    lattice: Lattice = field(default_factory=Lattice)
+    grid: int = Lattice.grid
+    cell: int = Lattice.cell
     patterns: tuple[str, ...] = BALANCED
     distractor_share: float = 1.0
     shuffle_choices: bool = False
@@ -149,14 +161,15 @@ class Needle:
 
 
 @dataclass(frozen=True)
-class Count:
+class Count(_OnLattice):
     """How many squares of ``objects`` pattern lie in the red cell (on a ``background`` pattern).
 
     Knobs: lattice, square size (``object_px``: 28 = one merged vision token; 14 is harder),
     the largest count.
     """
 
-    lattice: Lattice = field(default_factory=Lattice)
+    grid: int = Lattice.grid
+    cell: int = Lattice.cell
     object_px: int = 28
     max_count: int = 4
     background: str = "fine checkerboard"
@@ -205,11 +218,12 @@ class Count:
 
 
 @dataclass(frozen=True)
-class Read:
+class Read(_OnLattice):
     """Which number is drawn in the red panel. Digits are drawn with ``stroke`` pattern on a
     ``background`` pattern (same grey when downscaled); knobs: number of digits, glyph scale."""
 
-    lattice: Lattice = field(default_factory=Lattice)
+    grid: int = Lattice.grid
+    cell: int = Lattice.cell
     digits: int = 2
     scale: int = 6
     stroke: str = "coarse checkerboard"
