@@ -16,12 +16,14 @@ from transformers import AutoModelForImageTextToText
 from pixelreasoner.config import ConfigError, load_config
 from pixelreasoner.data.formats import read_traces, write_traces
 from pixelreasoner.models.loading import load_model
+from pixelreasoner.render import Renderer
 from pixelreasoner.synth.traces import TraceSynthesizer
 from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train import sft as sft_module
 from pixelreasoner.train.metrics import read_metrics
 from pixelreasoner.train.sft import SFTConfig, TraceDataset, initial_model, train_sft
+from pixelreasoner.train.tokens import nll_sum, shared_prefix_length
 from pixelreasoner.trajectory import ImagePart
 from pixelreasoner.vision.budget import tiny
 
@@ -115,8 +117,12 @@ def test_resume_matches_an_uninterrupted_run(traces: Path, tmp_path: Path) -> No
 
 
 def test_two_processes_match_one(traces: Path, tmp_path: Path) -> None:
-    """2 processes x batch 4 (gloo) follow the same data order and loss normalisation as 1 x 8."""
-    single = train_sft(config(traces, tmp_path / "single", max_steps=3))
+    """2 processes x batch 4 (gloo) follow the same data order and loss normalisation as 1 x 8.
+
+    The two processes run the shared-prefix forward (the default) and the single one does not,
+    so this also checks that DDP reduces the gradients that reach the prefix.
+    """
+    single = train_sft(config(traces, tmp_path / "single", max_steps=3, share_prefix=False))
     command = [
         sys.executable,
         "-m",
@@ -141,6 +147,52 @@ def test_two_processes_match_one(traces: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "double" / "metrics.jsonl")]
     assert losses == pytest.approx(single.losses, abs=1e-4)
+
+
+def _batch_and_model(traces: Path):  # type: ignore[no-untyped-def]
+    loaded = read_traces(traces)
+    model, processor = initial_model(SFTConfig(data=str(traces)), loaded.conversations)
+    renderer = Renderer(processor, BUDGET)
+    batch = renderer.collate([renderer.render(c) for c in loaded.conversations[:10]], padding_side="right")
+    return model, batch
+
+
+def test_shared_prefix_forward_equals_the_full_forward(traces: Path) -> None:
+    """Images, a video, self-correction and text-only traces in one batch: same loss, same grads."""
+    model, batch = _batch_and_model(traces)
+    prefix = shared_prefix_length(batch, batch.loss_mask)
+    assert prefix > 300  # the system prompt (the check below would pass vacuously at 0)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        nll, count = nll_sum(model, batch, batch.loss_mask, share_prefix=share)
+        nll.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((float(nll.detach()), count, grads))
+    (full, n_full, g_full), (shared, n_shared, g_shared) = results
+    assert n_full == n_shared and shared == pytest.approx(full, rel=1e-5)
+    assert g_full.keys() == g_shared.keys()
+    for name, grad in g_full.items():
+        torch.testing.assert_close(
+            g_shared[name], grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()) + 1e-7
+        )
+
+
+def test_shared_prefix_length_stops_at_differences_and_learned_tokens(traces: Path) -> None:
+    _, batch = _batch_and_model(traces)
+    prefix = shared_prefix_length(batch, batch.loss_mask)
+    assert (batch.input_ids[:, :prefix] == batch.input_ids[:1, :prefix]).all()
+    assert not (batch.input_ids[:, : prefix + 16] == batch.input_ids[:1, : prefix + 16]).all()
+    assert (batch.mm_token_type_ids[:, :prefix] == 0).all()
+    # a learned token inside the common part cuts the prefix before it
+    mask = batch.loss_mask.clone()
+    mask[3, 40] = 1
+    assert shared_prefix_length(batch, mask) == 39
+    mask[3, 10] = 1
+    assert shared_prefix_length(batch, mask) == 0  # shorter than worth sharing
+    assert (
+        shared_prefix_length(batch.__class__(**{**vars(batch), "input_ids": batch.input_ids[:1]}), mask) == 0
+    )
 
 
 def _with_private_image(traces: Path, tmp_path: Path) -> tuple[Path, Path]:

@@ -20,6 +20,10 @@ class RunOptions:
     """Continue from the latest checkpoint in ``out_dir`` if there is one."""
     stop_after_steps: int = 0
     """Save and stop once this many steps are done (0: run to the end), e.g. to fit a job's time limit."""
+    share_prefix: bool = True
+    """Run the prefix common to a batch's sequences (the system prompt) once per forward pass;
+    same result, fewer tokens (see ``pixelreasoner.train.tokens``). Tested in one process only;
+    the GPU recipes turn it off."""
     metrics: tuple[str, ...] = ("stdout", "jsonl")
     """Metrics backends: stdout, jsonl, tensorboard, wandb."""
     progress: bool = True

@@ -176,8 +176,9 @@ def _max_across(accelerator: Any, value: int) -> int:
 class _Scorer:
     """Log-probs of the model's own tokens for a batch of samples (one padded forward pass)."""
 
-    def __init__(self, renderer: Renderer) -> None:
+    def __init__(self, renderer: Renderer, share_prefix: bool = False) -> None:
         self.renderer = renderer
+        self.share_prefix = share_prefix
 
     def inputs(self, samples: list[Sample], device: torch.device) -> Any:
         for sample in samples:
@@ -191,7 +192,7 @@ class _Scorer:
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Token log-probs ``[N]`` (all samples concatenated), their entropies ``[N]``, tokens per sample."""
         batch = self.inputs(samples, device)
-        logits, targets = selected_logits(model, batch, batch.loss_mask)
+        logits, targets = selected_logits(model, batch, batch.loss_mask, self.share_prefix)
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
         counts = batch.loss_mask[:, 1:].sum(dim=1).tolist()
         return logprobs, token_entropy(logits.detach()), [int(c) for c in counts]
@@ -236,7 +237,7 @@ def train_rl(config: RLConfig) -> RLResult:
     accelerator.register_for_checkpointing(scheduler)
 
     renderer = Renderer(processor, budget)
-    scorer = _Scorer(renderer)
+    scorer = _Scorer(renderer, config.share_prefix)
     backend = TransformersBackend(
         accelerator.unwrap_model(model), processor, budget, seed=config.seed + 7919 * rank
     )

@@ -291,7 +291,7 @@ def train_sft(config: SFTConfig) -> SFTResult:
             real += int(batch.attention_mask.sum())
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
             with sync:
-                nll, _ = nll_sum(model, batch, batch.loss_mask)
+                nll, _ = nll_sum(model, batch, batch.loss_mask, config.share_prefix)
                 # DDP averages gradients over processes, so scale by their number.
                 loss = nll * (weight * world / learned_total)
                 accelerator.backward(loss)
