@@ -20,6 +20,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,7 +76,7 @@ def figures(trajectories, items, control) -> dict[str, float]:  # type: ignore[n
 
 def knobs_for(family: str, pairs: list[str]) -> dict[str, object]:
     """The ``KEY=VALUE`` knobs that ``family`` has, typed like its defaults."""
-    defaults = {f.name: f.default for f in dataclasses.fields(FAMILIES[family])}
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(FAMILIES[family])}
     knobs: dict[str, object] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")

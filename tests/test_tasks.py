@@ -77,9 +77,11 @@ def test_full_contrast_stripes_leak_shapes_into_the_global_view() -> None:
     assert leaky_result.global_accuracy > default.global_accuracy
 
 
-def test_every_cell_crop_reaches_the_model_unresized() -> None:
-    lattice = Lattice()
-    image = make_family("needle").sample(0).images[0]
+@pytest.mark.parametrize("grid,cell", [(4, 140), (5, 112), (2, 280)])
+def test_every_cell_crop_reaches_the_model_unresized(grid: int, cell: int) -> None:
+    """The lattice sizes Lattice's docstring recommends (the first is the default)."""
+    lattice = Lattice(grid, cell)
+    image = make_family("needle", grid=grid, cell=cell).sample(0).images[0]
     context = VisualContext.for_query([image], budget=BUDGET)
     for row in range(lattice.grid):
         for col in range(lattice.grid):
@@ -88,6 +90,14 @@ def test_every_cell_crop_reaches_the_model_unresized() -> None:
             left, top, right, bottom = pixel_box(box, image.width, image.height)
             assert result.images[0].size == (right - left, bottom - top)
             assert result.images[0].tobytes() == image.crop((left, top, right, bottom)).tobytes()
+
+
+def test_chance_is_a_uniform_guess_over_the_answer_space() -> None:
+    for name in ("needle", "count", "frames"):
+        family = make_family(name)
+        assert family.chance == pytest.approx(1 / len(family.answer_space(family.sample(0))))
+    assert make_family("read").chance == pytest.approx(1 / 90)
+    assert make_family("read", digits=1).chance == pytest.approx(1 / 10)
 
 
 def test_patterns_are_half_ink_and_digits_render() -> None:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from pixelreasoner.data.formats import read_items
+from pixelreasoner.tasks.families import make_family
 from pixelreasoner.train.metrics import read_metrics
 from pixelreasoner.viewer import STYLESHEET
 
@@ -154,7 +155,7 @@ def _examples(out: Path, count: int = 3) -> str:
 def write_report(out: str | Path, models: Mapping[str, tuple[str, str]], families: Sequence[str]) -> Path:
     folder = Path(out)
     results = json.loads((folder / "eval" / "results.json").read_text())
-    chance = 0.25  # four options in needle/frames; count (5 values) and read (ANLS) are lower
+    chance = sum(make_family(f).chance for f in families) / len(families)
     table = results_table(results, models, families)
     checks = check_targets(results, folder, chance)
     png = curves_png(folder)

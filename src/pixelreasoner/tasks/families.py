@@ -61,6 +61,11 @@ class Family(Protocol):
         """Answers to render counterfactuals for (all of them, or a sample for large spaces)."""
         ...
 
+    @property
+    def chance(self) -> float:
+        """Expected score of a uniform guess over the possible answers (answers are uniform)."""
+        ...
+
 
 def _choices_question(stem: str, choices: list[str]) -> str:
     options = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
@@ -159,6 +164,10 @@ class Needle(_OnLattice):
     def answer_space(self, sample: Sample) -> list[str]:
         return list(LETTERS[: len(self.patterns)])
 
+    @property
+    def chance(self) -> float:
+        return 1 / len(self.patterns)
+
 
 @dataclass(frozen=True)
 class Count(_OnLattice):
@@ -216,6 +225,10 @@ class Count(_OnLattice):
     def answer_space(self, sample: Sample) -> list[str]:
         return [str(n) for n in range(self.max_count + 1)]
 
+    @property
+    def chance(self) -> float:
+        return 1 / (self.max_count + 1)
+
 
 @dataclass(frozen=True)
 class Read(_OnLattice):
@@ -265,6 +278,12 @@ class Read(_OnLattice):
             cue_bbox=self.lattice.box(row, col),
             meta=_lattice_meta(row, col, g),
         )
+
+    @property
+    def chance(self) -> float:
+        """A wrong guess of the same length is at least half wrong: ANLS 0 (threshold 0.5)."""
+        low, high = self._number_range()
+        return 1 / (high - low)
 
     def answer_space(self, sample: Sample) -> list[str]:
         low, high = self._number_range()
@@ -327,6 +346,10 @@ class Frames:
 
     def answer_space(self, sample: Sample) -> list[str]:
         return list(LETTERS[: len(self.patterns)])
+
+    @property
+    def chance(self) -> float:
+        return 1 / len(self.patterns)
 
 
 FAMILIES: dict[str, type[Needle] | type[Count] | type[Read] | type[Frames]] = {
