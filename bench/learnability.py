@@ -103,7 +103,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--where",
-        default="marker",
+        default="marker+text",
         choices=["marker", "marker+text"],
         help="how questions locate the cue (see pixelreasoner.tasks.families.Where)",
     )

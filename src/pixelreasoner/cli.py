@@ -95,13 +95,21 @@ def _parse_knobs(pairs: Sequence[str], family: str) -> dict[str, object]:
     return knobs
 
 
-def _families(spec: str, knob_pairs: Sequence[str]) -> list[Family]:
-    from pixelreasoner.tasks.families import FAMILIES, make_family
+def _family_names(spec: str) -> list[str]:
+    """``all`` or a comma list of family names, checked."""
+    from pixelreasoner.tasks.families import FAMILIES
 
     names = list(FAMILIES) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in FAMILIES]
-    if unknown:
+    if unknown or not names:
         raise SystemExit(f"unknown family {', '.join(unknown)}; choose from {', '.join(FAMILIES)} or 'all'")
+    return names
+
+
+def _families(spec: str, knob_pairs: Sequence[str]) -> list[Family]:
+    from pixelreasoner.tasks.families import make_family
+
+    names = _family_names(spec)
     if knob_pairs and len(names) != 1:
         raise SystemExit("--knob applies to one family at a time; name a single --family")
     return [make_family(n, **(_parse_knobs(knob_pairs, n) if knob_pairs else {})) for n in names]
@@ -290,6 +298,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
     config = QuickstartConfig.fast() if args.fast else QuickstartConfig()
     config = dataclasses.replace(config, seed=args.seed)
+    if args.families:
+        names = _family_names(args.families)
+        config = dataclasses.replace(config, families=tuple(names))
     Quickstart(args.out, config, force=args.force).run()
     return 0
 
@@ -531,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="small smoke version (what CI runs)")
     p.add_argument("--force", action="store_true", help="redo every stage")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument(
+        "--families",
+        default=None,
+        help="task families, comma-separated or 'all' (default: needle,frames; the four take longer to learn)",
+    )
     p.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -78,10 +78,11 @@ def _pick_target(rng: np.random.Generator, grid: int) -> tuple[int, int]:
 
 
 Where = Literal["marker", "marker+text"]
-"""How a question shows where to look: the red marker alone (visual search, the default), or the
-marker plus the position in words ("the red cell is in row 2, column 4"): a concession for CPU
-budgets, since localising from pixels is the slowest thing for a tiny model to learn. Either way
-the answer itself is only legible after zooming."""
+"""How a question shows where to look: the red marker plus the position in words ("the red cell
+is in row 2, column 4"; the default), or the red marker alone (``"marker"``: visual search, the
+harder setting). Naming the place is a concession to CPU budgets: localising from pixels is the
+slowest thing for a tiny model to learn (bench/RESULTS.md). Either way the answer itself is
+only legible after zooming, and the model must still turn the place into a box or frame list."""
 
 
 def _located(stem: str, where: Where, place: str) -> str:
@@ -128,7 +129,7 @@ class Needle(_OnLattice):
     shuffle_choices: bool = False
     contrast: float = 0.5
     fade: int = 8
-    where: Where = "marker"
+    where: Where = "marker+text"
     name: str = "needle"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -173,19 +174,20 @@ class Needle(_OnLattice):
 class Count(_OnLattice):
     """How many squares of ``objects`` pattern lie in the red cell (on a ``background`` pattern).
 
-    Knobs: lattice, square size (``object_px``: 28 = one merged vision token; 14 is harder),
-    the largest count.
+    Knobs: lattice, square size (``object_px``: the default 56 px squares cover 2 x 2 merged
+    vision tokens in a 2 x 2 arrangement of slots; 28 px, one merged token in 25 slots, is
+    harder), the largest count.
     """
 
     grid: int = Lattice.grid
     cell: int = Lattice.cell
-    object_px: int = 28
+    object_px: int = 56
     max_count: int = 4
     background: str = "fine checkerboard"
     objects: str = "coarse checkerboard"
     contrast: float = 0.5
     fade: int = 8
-    where: Where = "marker"
+    where: Where = "marker+text"
     name: str = "count"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
@@ -233,17 +235,19 @@ class Count(_OnLattice):
 @dataclass(frozen=True)
 class Read(_OnLattice):
     """Which number is drawn in the red panel. Digits are drawn with ``stroke`` pattern on a
-    ``background`` pattern (same grey when downscaled); knobs: number of digits, glyph scale."""
+    ``background`` pattern (same grey when downscaled); knobs: number of digits, glyph scale
+    (px per pixel of the 5x7 font). The default, one digit at scale 12 (60 x 84 px), is what the
+    tiny CPU model learns; two digits at scale 6 are much harder for it."""
 
     grid: int = Lattice.grid
     cell: int = Lattice.cell
-    digits: int = 2
-    scale: int = 6
+    digits: int = 1
+    scale: int = 12
     stroke: str = "coarse checkerboard"
     background: str = "fine checkerboard"
     contrast: float = 0.5
     fade: int = 8
-    where: Where = "marker"
+    where: Where = "marker+text"
     name: str = "read"
 
     def _number_range(self) -> tuple[int, int]:
@@ -306,7 +310,7 @@ class Frames:
     patterns: tuple[str, ...] = BALANCED
     contrast: float = 0.5
     fade: int = 8
-    where: Where = "marker"
+    where: Where = "marker+text"
     name: str = "frames"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:

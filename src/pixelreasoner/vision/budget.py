@@ -151,9 +151,9 @@ def released_eval() -> PixelBudget:
 def tiny() -> PixelBudget:
     """The CPU default, sized for the synthetic task families (:mod:`pixelreasoner.tasks`).
 
-    A 560 px canvas becomes a 140 px global view (25 tokens: one merged token per 112 px cell,
-    too coarse for the fine patterns); a padded one-cell crop (168..224 px) fits the crop range
-    unresized, so patch-aligned patterns stay intact. Video frames of 112 px are shown at 28 px
+    A 560 px canvas becomes a 140 px global view (25 merged tokens, 1.25 per side of a 140 px
+    cell of the default 4x4 lattice: too coarse for the fine patterns); a padded one-cell crop
+    (196..252 px) fits the crop range unresized, so patch-aligned patterns stay intact. Video frames of 112 px are shown at 28 px
     in the video (the same 4x reduction) and come back at 112 px when selected.
     """
     return PixelBudget(
