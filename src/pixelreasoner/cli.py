@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--families",
         default=None,
-        help="task families, comma-separated or 'all' (default: needle,frames; the four take longer to learn)",
+        help="task families, comma-separated or 'all' (default: needle,frames; all four learn slower)",
     )
     p.set_defaults(func=_cmd_quickstart)
     return parser

@@ -36,7 +36,7 @@ from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import RolloutEngine, RolloutLimits
 from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
-from pixelreasoner.tasks.families import FAMILIES, make_family
+from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.rl import RLConfig, train_rl
 from pixelreasoner.train.sft import SFTConfig, train_sft

@@ -153,8 +153,9 @@ def tiny() -> PixelBudget:
 
     A 560 px canvas becomes a 140 px global view (25 merged tokens, 1.25 per side of a 140 px
     cell of the default 4x4 lattice: too coarse for the fine patterns); a padded one-cell crop
-    (196..252 px) fits the crop range unresized, so patch-aligned patterns stay intact. Video frames of 112 px are shown at 28 px
-    in the video (the same 4x reduction) and come back at 112 px when selected.
+    (196..252 px) fits the crop range unresized, so patch-aligned patterns stay intact. Video
+    frames of 112 px are shown at 28 px in the video (the same 4x reduction) and come back at
+    112 px when selected.
     """
     return PixelBudget(
         inputs=PixelRange(_px(4), _px(25)),
