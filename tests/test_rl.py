@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,27 @@ def test_rl_updates_every_trainable_parameter(setup, tmp_path, monkeypatch) -> N
         "time_update",
     ):
         assert f"train/{key}" in logged[-1], key
+
+
+def test_replays_keep_the_log_probs_of_the_policy_that_sampled_them(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Old log-probs are computed once per sample, when it is fresh; replays reuse them, so
+    PPO's clip bounds how far repeated replays move a sample."""
+    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    scored_old: list[Sample] = []  # the objects themselves, so ids are never reused
+    updated: list[Sample] = []
+    original = _Scorer.logprobs
+
+    def spy(self, model, samples, device):  # type: ignore[no-untyped-def]
+        (updated if torch.is_grad_enabled() else scored_old).extend(samples)
+        return original(self, model, samples, device)
+
+    monkeypatch.setattr(_Scorer, "logprobs", spy)
+    train_rl(config(setup, tmp_path / "run", steps=3, filter="ssr"))
+    old_ids = [id(s) for s in scored_old]
+    assert len(old_ids) == len(set(old_ids))  # never re-scored
+    times_updated = Counter(id(s) for s in updated)
+    assert set(times_updated) <= set(old_ids)  # every updated sample was scored once, when fresh
+    assert max(times_updated.values()) > 1  # and some were replayed in a later phase
 
 
 def test_resume_matches_an_uninterrupted_run(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

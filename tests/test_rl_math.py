@@ -118,8 +118,10 @@ def test_replay_draws_proportional_to_advantage() -> None:
     buffer: ReplayBuffer[str] = ReplayBuffer(capacity=10)
     buffer.add(["a", "b", "zero"], [0.75, -0.25, 0.0])  # zero-advantage samples are not kept
     assert len(buffer) == 2
-    drawn = Counter(buffer.draw(20_000, np.random.default_rng(0)))
+    rng = np.random.default_rng(0)
+    drawn = Counter(s for _ in range(20_000) for s in buffer.draw(1, rng))
     assert drawn["a"] / 20_000 == pytest.approx(0.75, abs=0.015)  # 0.75 / (0.75 + 0.25)
+    assert sorted(buffer.draw(5, rng)) == ["a", "b"]  # distinct, at most the buffer's size
     buffer.add([f"x{i}" for i in range(12)], [1.0] * 12)
     assert len(buffer) == 10 and "a" not in buffer.samples  # oldest dropped first
 

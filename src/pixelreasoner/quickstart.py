@@ -65,11 +65,14 @@ class QuickstartConfig:
     sft_steps: int = 400
     sft_text_steps: int = 60
     sft_batch: int = 32
+    sft_grad_accum: int = 4
+    """Micro-batches per SFT step, grouped by length (less padding; same update)."""
     sft_lr: float = 3e-3
     rl_steps: int = 12
     rl_queries: int = 8
     rl_group: int = 8
     rl_batch: int = 64
+    rl_lr: float = 1e-4
     max_turn_tokens: int = 96
     seed: int = 0
 
@@ -82,6 +85,7 @@ class QuickstartConfig:
             sft_steps=12,
             sft_text_steps=6,
             sft_batch=8,
+            sft_grad_accum=2,
             rl_steps=2,
             rl_queries=2,
             rl_group=4,
@@ -161,6 +165,7 @@ class Quickstart:
             budget="tiny",
             max_steps=steps,
             batch_size=c.sft_batch,
+            grad_accum=c.sft_grad_accum,
             lr=c.sft_lr,
             warmup_ratio=0.05,
             min_lr_ratio=0.1,
@@ -193,7 +198,7 @@ class Quickstart:
             group_size=c.rl_group,
             max_turn_tokens=c.max_turn_tokens,
             train_batch_size=c.rl_batch,
-            lr=3e-4,
+            lr=c.rl_lr,
             seed=c.seed,
             save_every=5,
             metrics=("jsonl",),

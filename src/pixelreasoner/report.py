@@ -100,9 +100,16 @@ def check_targets(results: Mapping[str, Any], out: Path, chance: float) -> list[
     if plain.is_file():
         records = read_metrics(plain)
         first, last = records[0]["train/rapr"], records[-1]["train/rapr"]
-        checks.append(
-            (TARGETS[2], last < first - 0.1, f"RaPR {first:.2f} -> {last:.2f} over {len(records)} steps")
-        )
+        fell = last < first - 0.1
+        numbers = f"RaPR {first:.2f} -> {last:.2f} over {len(records)} steps"
+        if not fell and _mean(results, "sft", "score") > 2 * chance:
+            numbers += (
+                ". Not observed here: the warm start already answers through the tool far above"
+                " what direct answers score (chance), so the tool is what earns the reward and RL"
+                " without curiosity has no reason to drop it. The trap needs direct answers that"
+                " compete with nascent tool use, as a 7B model's text reasoning does in the paper"
+            )
+        checks.append((TARGETS[2], fell, numbers))
     else:
         checks.append((TARGETS[2], None, "no run"))
     curious = out / "rl-curiosity" / "metrics.jsonl"

@@ -69,11 +69,18 @@ class ReplayBuffer(Generic[T]):
             del self.samples[:overflow], self.weights[:overflow]
 
     def draw(self, count: int, rng: np.random.Generator) -> list[T]:
-        """``count`` samples (with replacement), each with probability ∝ its |advantage|."""
-        if count <= 0 or not self.samples:
+        """Up to ``count`` distinct samples, drawn one by one with probability ∝ |advantage|.
+
+        Without replacement: a small buffer (a few non-uniform groups, as when the policy is
+        nearly always right) would otherwise fill half a batch with copies of its few rare
+        failures and push their tokens down many times in one update.
+        """
+        count = min(count, len(self.samples))
+        if count <= 0:
             return []
         p = np.asarray(self.weights) / sum(self.weights)
-        return [self.samples[int(i)] for i in rng.choice(len(self.samples), size=count, p=p)]
+        chosen = rng.choice(len(self.samples), size=count, replace=False, p=p)
+        return [self.samples[int(i)] for i in chosen]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -330,10 +330,13 @@ def train_rl(config: RLConfig) -> RLResult:
             replay.add(fresh, [s.advantage for s in fresh])
 
         # 4. old log-probs (no gradient: the unwrapped model, no collectives) -----------------
+        # Only for fresh samples: a replayed sample keeps the log-probs of the policy that
+        # generated it, so PPO's clip bounds how far replays can move it in total (recomputing
+        # them every phase would restart the ratio at 1 and let a replay push its tokens again).
         began = time.perf_counter()
         policy = accelerator.unwrap_model(model)
         with torch.no_grad():
-            for chunk in _chunks(batch_samples, config.micro_batch, 0):
+            for chunk in _chunks(fresh, config.micro_batch, 0):
                 if config.old_logprobs == "sampler":
                     for sample in chunk:
                         sample.old_logprobs = _sampler_logprobs(sample)

@@ -65,7 +65,8 @@ class SFTConfig(RunOptions):
     batch_size: int = 16
     """Sequences per optimizer step per process (released script: 16; paper: 128 in total)."""
     grad_accum: int = 1
-    """Micro-batches per step; each holds ``batch_size / grad_accum`` sequences."""
+    """Micro-batches per step; each holds ``batch_size / grad_accum`` sequences, grouped by
+    length (on CPU, 2-4 micro-batches cut padding at no cost in the update)."""
     lr: float = 2e-3
     """Peak learning rate (released 7B: 1e-6; the tiny model trains from scratch and needs more)."""
     min_lr_ratio: float = 0.0
@@ -273,7 +274,9 @@ def train_sft(config: SFTConfig) -> SFTResult:
         bad = [r for r in rendered if isinstance(r, BadRow)]
         for row in bad:
             warnings.warn(f"skipping trace {row.index}: {row.reason}", stacklevel=1)
-        good = [r for r in rendered if isinstance(r, RenderedSequence)]
+        # Sorted by length, micro-batches hold similar lengths (less padding); the step's loss is
+        # a sum over all its sequences, so the grouping does not change it.
+        good = sorted((r for r in rendered if isinstance(r, RenderedSequence)), key=len)
         chunks = [good[k : k + micro] for k in range(0, config.batch_size, micro)]
         learned_here = sum(sum(s.loss_mask[1:]) for s in good)
         learned_total = sum_across(accelerator, learned_here)
