@@ -21,6 +21,7 @@ def test_fast_quickstart_runs_and_resumes(tmp_path: Path, capsys) -> None:  # ty
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "Targets" in report and "needle-000000" in report
     assert "| SFT warm start | vcot |" in (out / "report.md").read_text()
+    assert "RL with curiosity: trained on" in (out / "report.md").read_text()
     # a second run skips every finished stage
     capsys.readouterr()
     assert main(["quickstart", "--fast", "--out", str(out)]) == 0

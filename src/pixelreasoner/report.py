@@ -173,10 +173,13 @@ def write_report(out: str | Path, models: Mapping[str, tuple[str, str]], familie
             stages[stage] = json.loads(marker.read_text())
     timing = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in stages.items())
     verdict = "\n".join(f"- {_word(ok)}: {target} — measured {numbers}" for target, ok, numbers in checks)
+    signal = rl_signal(folder)
     markdown = (
         "# Pixel Reasoner quickstart report\n\n"
         "Held-out synthetic items, greedy decoding. Scores in % (accuracy; ANLS for `read`).\n\n"
-        f"{table}\n\n## Targets\n\n{verdict}\n\n## Stage times\n\n{timing}\n"
+        f"{table}\n\n## Targets\n\n{verdict}\n\n## What RL trained on\n\n"
+        + "\n".join(f"- {line}" for line in signal)
+        + f"\n\n## Stage times\n\n{timing}\n"
     )
     (folder / "report.md").write_text(markdown, encoding="utf-8")
     if png:
@@ -198,6 +201,7 @@ td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}im
 <p>Held-out synthetic items, greedy decoding. Scores in % (accuracy; ANLS for <code>read</code>).</p>
 {_markdown_table_html(table)}
 <h2>Targets</h2><ul>{rows}</ul>
+<h2>What RL trained on</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in signal)}</ul>
 <h2>RL curves</h2>{image}
 <h2>Stage times</h2><p>{html.escape(timing)}</p>
 <h2>Example trajectories (RL with curiosity)</h2>{_examples(folder)}
@@ -205,6 +209,32 @@ td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}im
     path = folder / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def rl_signal(out: Path) -> list[str]:
+    """One line per RL stage: how much it trained on, and why when it did not."""
+    lines = []
+    for stage, label in (
+        ("rl-curiosity", "RL with curiosity"),
+        ("rl-plain", "RL without curiosity"),
+        ("rl-text", "text-only RL"),
+    ):
+        path = out / stage / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        records = read_metrics(path)
+        trained = sum(int(r.get("train/trained_samples", 0)) for r in records)
+        uniform = sum(r.get("train/uniform_group_ratio", 0.0) for r in records) / max(len(records), 1)
+        line = (
+            f"{label}: trained on {trained} samples in {len(records)} steps; {uniform:.0%} of groups uniform"
+        )
+        if trained == 0:
+            line += (
+                " — every group's rollouts scored alike (all right or all wrong), so the group-relative"
+                " advantage was zero and this model is its warm start unchanged"
+            )
+        lines.append(line)
+    return lines
 
 
 def _word(ok: bool | None) -> str:
