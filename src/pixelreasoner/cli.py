@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole method on CPU: tasks, traces, SFT, RL with/without curiosity, text-only, report",
         description="Generate synthetic tasks, synthesize warm-start traces, build the tiny model, SFT, "
         "curiosity-driven RL (and the ablations), evaluate and write report.html / report.md. Offline. "
-        "Default about 15-20 minutes on 2 cores; --fast is a smoke version (under 5 minutes). Stages already "
+        "Default about 9 minutes on 2 cores; --fast is a smoke version (under 5 minutes). Stages already "
         "done are skipped; a killed run continues where it stopped.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")

@@ -48,9 +48,9 @@ class QuickstartConfig:
     """Sizes of the run; :meth:`fast` is the CI smoke version."""
 
     families: tuple[str, ...] = ("needle", "frames")
-    """The V*-like and MVBench-like families, which the tiny model learns within this budget;
-    ``count`` and ``read`` each learn on their own but not all four at once in ~20 minutes
-    (bench/RESULTS.md). ``--families all`` runs the four."""
+    """The V*-like and MVBench-like families, which the tiny model learns within this budget.
+    It localises ``count`` and ``read`` items too but has not learned to count or read the crop
+    within minutes (bench/RESULTS.md); ``--families all`` runs the four anyway."""
     where: str = "marker+text"
     """The tiny model learns localisation from pixels too slowly for this budget, so questions
     also name the cell (see :data:`pixelreasoner.tasks.families.Where`); reading still needs the zoom."""
