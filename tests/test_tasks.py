@@ -96,8 +96,8 @@ def test_chance_is_a_uniform_guess_over_the_answer_space() -> None:
     for name in ("needle", "count", "frames"):
         family = make_family(name)
         assert family.chance == pytest.approx(1 / len(family.answer_space(family.sample(0))))
-    assert make_family("read").chance == pytest.approx(1 / 90)
-    assert make_family("read", digits=1).chance == pytest.approx(1 / 10)
+    assert make_family("read").chance == pytest.approx(1 / 10)  # one digit by default
+    assert make_family("read", digits=2).chance == pytest.approx(1 / 90)
 
 
 def test_patterns_are_half_ink_and_digits_render() -> None:
