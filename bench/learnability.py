@@ -16,11 +16,9 @@ figure is also given per family.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -32,7 +30,7 @@ from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import RolloutEngine, rollout_items
 from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
-from pixelreasoner.tasks.families import FAMILIES, make_family
+from pixelreasoner.tasks.families import FAMILIES, make_family, parse_knobs
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.sft import SFTConfig, train_sft
 from pixelreasoner.vision.budget import tiny
@@ -74,17 +72,6 @@ def figures(trajectories, items, control) -> dict[str, float]:  # type: ignore[n
     }
 
 
-def knobs_for(family: str, pairs: list[str]) -> dict[str, object]:
-    """The ``KEY=VALUE`` knobs that ``family`` has, typed like its defaults."""
-    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(FAMILIES[family])}
-    knobs: dict[str, object] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key in defaults:
-            knobs[key] = type(defaults[key])(value)
-    return knobs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,7 +101,9 @@ def main() -> None:
     out = Path(args.out)
     budget = tiny()
     names = list(FAMILIES) if args.family == "all" else args.family.split(",")
-    families = [make_family(n, where=args.where, **knobs_for(n, args.knob)) for n in names]
+    families = [
+        make_family(n, where=args.where, **parse_knobs(n, args.knob, skip_unknown=True)) for n in names
+    ]
     began = time.perf_counter()
     train = generate_dataset(families, args.train, out / "train", seed=args.seed, progress=False).items
     held = generate_dataset(families, args.eval, out / "heldout", seed=args.seed + 1000, progress=False).items

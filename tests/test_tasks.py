@@ -9,7 +9,7 @@ import pytest
 
 from pixelreasoner.data.formats import read_items
 from pixelreasoner.tasks.drawing import BALANCED, PATTERNS, Canvas, Lattice, digit_mask
-from pixelreasoner.tasks.families import FAMILIES, make_family
+from pixelreasoner.tasks.families import FAMILIES, make_family, parse_knobs
 from pixelreasoner.tasks.generate import generate_dataset, generate_item, item_seed
 from pixelreasoner.tasks.legibility import measure
 from pixelreasoner.vision.budget import tiny
@@ -90,6 +90,23 @@ def test_every_cell_crop_reaches_the_model_unresized(grid: int, cell: int) -> No
             left, top, right, bottom = pixel_box(box, image.width, image.height)
             assert result.images[0].size == (right - left, bottom - top)
             assert result.images[0].tobytes() == image.crop((left, top, right, bottom)).tobytes()
+
+
+def test_parse_knobs_types_values_and_rejects_unknown_keys() -> None:
+    assert parse_knobs("read", ["digits=2", "contrast=1", "where=marker"]) == {
+        "digits": 2,
+        "contrast": 1.0,
+        "where": "marker",
+    }
+    assert parse_knobs("needle", ["patterns=fine checkerboard, coarse checkerboard"])["patterns"] == (
+        "fine checkerboard",
+        "coarse checkerboard",
+    )
+    with pytest.raises(ValueError, match="knobs are KEY=VALUE"):
+        parse_knobs("needle", ["digits=2"])
+    assert parse_knobs("needle", ["digits=2", "grid=5"], skip_unknown=True) == {"grid": 5}
+    with pytest.raises(ValueError, match="needs a int"):
+        parse_knobs("needle", ["grid=five"], skip_unknown=True)
 
 
 def test_chance_is_a_uniform_guess_over_the_answer_space() -> None:

@@ -69,30 +69,12 @@ def _cmd_budgets(args: argparse.Namespace) -> int:
 
 def _parse_knobs(pairs: Sequence[str], family: str) -> dict[str, object]:
     """``key=value`` difficulty knobs, converted to the family field's type."""
-    import dataclasses
+    from pixelreasoner.tasks.families import parse_knobs
 
-    from pixelreasoner.tasks.families import FAMILIES
-
-    fields = {f.name: f for f in dataclasses.fields(FAMILIES[family])}
-    knobs: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in fields or key == "name":
-            allowed = ", ".join(n for n in fields if n != "name")
-            raise SystemExit(f"bad knob {pair!r} for {family}; knobs are KEY=VALUE with KEY in: {allowed}")
-        default = getattr(FAMILIES[family](), key)
-        try:
-            if isinstance(default, bool):
-                knobs[key] = {"true": True, "false": False}[value.lower()]
-            elif isinstance(default, tuple):
-                knobs[key] = tuple(v.strip() for v in value.split(","))
-            else:
-                knobs[key] = type(default)(value)
-        except (ValueError, KeyError):
-            raise SystemExit(
-                f"knob {key} of {family} needs a {type(default).__name__}, got {value!r}"
-            ) from None
-    return knobs
+    try:
+        return parse_knobs(family, pairs)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _family_names(spec: str) -> list[str]:

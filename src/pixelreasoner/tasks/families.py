@@ -20,7 +20,8 @@ pattern in smoothly, so that no pattern edge survives the global view (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -362,6 +363,39 @@ FAMILIES: dict[str, type[Needle] | type[Count] | type[Read] | type[Frames]] = {
     "read": Read,
     "frames": Frames,
 }
+
+
+def parse_knobs(name: str, pairs: Sequence[str], skip_unknown: bool = False) -> dict[str, Any]:
+    """``KEY=VALUE`` difficulty knobs of family ``name``, typed like the field's default.
+
+    Booleans are ``true``/``false``, tuples comma lists. An unknown key is an error unless
+    ``skip_unknown`` (for knobs meant for several families at once); a bad value always is.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"unknown task family {name!r}; choose from {', '.join(FAMILIES)}")
+    defaults = {f.name: getattr(FAMILIES[name](), f.name) for f in fields(FAMILIES[name]) if f.name != "name"}
+    knobs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in defaults:
+            if sep and skip_unknown:
+                continue
+            raise ValueError(
+                f"bad knob {pair!r} for {name}; knobs are KEY=VALUE with KEY in: {', '.join(defaults)}"
+            )
+        default = defaults[key]
+        try:
+            if isinstance(default, bool):
+                knobs[key] = {"true": True, "false": False}[value.lower()]
+            elif isinstance(default, tuple):
+                knobs[key] = tuple(v.strip() for v in value.split(","))
+            else:
+                knobs[key] = type(default)(value)
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"knob {key} of {name} needs a {type(default).__name__}, got {value!r}"
+            ) from None
+    return knobs
 
 
 def make_family(name: str, **knobs: Any) -> Family:

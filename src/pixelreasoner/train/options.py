@@ -22,8 +22,8 @@ class RunOptions:
     """Save and stop once this many steps are done (0: run to the end), e.g. to fit a job's time limit."""
     share_prefix: bool = True
     """Run the prefix common to a batch's sequences (the system prompt) once per forward pass;
-    same result, fewer tokens (see ``pixelreasoner.train.tokens``). Tested in one process only;
-    the GPU recipes turn it off."""
+    same result, fewer tokens (see ``pixelreasoner.train.tokens``). Tested in one process and
+    under DDP, not under DeepSpeed or FSDP; the GPU recipes turn it off."""
     metrics: tuple[str, ...] = ("stdout", "jsonl")
     """Metrics backends: stdout, jsonl, tensorboard, wandb."""
     progress: bool = True

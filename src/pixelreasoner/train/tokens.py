@@ -12,8 +12,8 @@ full forward's (tested to 1e-5); the prefix's gradient arrives summed over rows,
 through separate copies. It needs a Qwen2-VL-style model (``model.model.get_rope_index``)
 and no gradient checkpointing; otherwise, or when the rows share fewer than
 ``MIN_SHARED_PREFIX`` tokens, the full forward runs. The prefix pass calls the unwrapped
-module (one DDP-wrapped forward per backward); it is tested in one process, not under DDP,
-FSDP or DeepSpeed, so the GPU recipes leave it off.
+module (one DDP-wrapped forward per backward); it is tested in one process and under
+2-process gloo DDP, not under FSDP or DeepSpeed, so the GPU recipes leave it off.
 """
 
 from __future__ import annotations
