@@ -114,7 +114,7 @@ def test_chance_is_a_uniform_guess_over_the_answer_space() -> None:
         family = make_family(name)
         assert family.chance == pytest.approx(1 / len(family.answer_space(family.sample(0))))
     assert make_family("read").chance == pytest.approx(1 / 10)  # one digit by default
-    assert make_family("read", digits=2).chance == pytest.approx(1 / 90)
+    assert make_family("read", layout="single", digits=2).chance == pytest.approx(1 / 90)
 
 
 def test_patterns_are_half_ink_and_digits_render() -> None:
@@ -156,3 +156,61 @@ def test_generate_dataset_round_trip(tmp_path) -> None:  # type: ignore[no-untyp
     assert again.answer == original.answer and again.cue_bbox == original.cue_bbox
     assert Path(again.images[0]).read_bytes() == Path(original.images[0]).read_bytes()
     assert item_seed(7, "count", 1) != item_seed(7, "read", 1)
+
+
+def _red_cell(sample, lattice: Lattice) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Signed detail of the red cell's red channel: + where ink is darker than the cell's tone."""
+    row, col = sample.meta["cell"]
+    x0, y0, x1, y1 = lattice.pixel_box(row, col)
+    red = np.asarray(sample.images[0], dtype=np.float32)[y0:y1, x0:x1, 0]
+    return red.mean() - red
+
+
+def test_tiled_count_puts_the_answer_in_every_token_tile() -> None:
+    """Every 28 px tile of the red cell holds exactly ``answer`` patch-sized squares: a 14 px
+    patch holds a square when its centre matches the square pattern better than the background."""
+    family = make_family("count", contrast=1.0)
+    ys, xs = np.mgrid[0:140, 0:140]  # the default cell starts at a multiple of every period
+    ink = {n: np.where(PATTERNS[n](xs, ys), 1.0, -1.0) for n in (family.objects, family.background)}
+    for seed in range(6):
+        sample = family.sample(seed)
+        detail = _red_cell(sample, family.lattice)
+        for ty in range(1, 4):  # the interior tiles (the border ones fade into the cell edge)
+            for tx in range(1, 4):
+                squares = 0
+                for py in range(2):
+                    for px in range(2):
+                        y, x = ty * 28 + py * 14, tx * 28 + px * 14
+                        patch = detail[y + 4 : y + 10, x + 4 : x + 10]
+                        score = {n: (patch * ink[n][y + 4 : y + 10, x + 4 : x + 10]).sum() for n in ink}
+                        squares += score[family.objects] > score[family.background]
+                assert squares == int(sample.answer), (seed, ty, tx)
+
+
+def test_tiled_read_draws_the_answer_digit_in_every_token_tile() -> None:
+    """Every interior 28 px tile of the red panel holds the answer's glyph as a counter-phase flip
+    of the background texture: the flip mask correlates best with the answer's 5x7 glyph."""
+    family = make_family("read", contrast=1.0)
+    background = np.where(PATTERNS[family.background](*np.mgrid[0:28, 0:28][::-1]), 1.0, -1.0)
+    glyphs = {str(d): np.pad(digit_mask(str(d), 4), ((0, 0), (4, 4))).astype(np.float32) for d in range(10)}
+    for seed in range(6):
+        sample = family.sample(seed)
+        detail = _red_cell(sample, family.lattice)
+        for ty in range(1, 4):
+            for tx in range(1, 4):
+                flipped = (detail[ty * 28 : ty * 28 + 28, tx * 28 : tx * 28 + 28] * background) < 0
+                best = max(glyphs, key=lambda d: ((glyphs[d] > 0) == flipped).mean())
+                assert best == sample.answer, (seed, ty, tx)
+
+
+def test_layout_knobs_are_refused_where_they_do_nothing() -> None:
+    with pytest.raises(ValueError, match="layout=scattered"):
+        make_family("count", object_px=28)
+    with pytest.raises(ValueError, match="layout=single"):
+        make_family("read", digits=2)
+    with pytest.raises(ValueError, match="layout must be"):
+        make_family("count", layout="grid")
+    scattered = make_family("count", layout="scattered", object_px=28)
+    assert scattered.chance == pytest.approx(1 / 5)
+    single = make_family("read", layout="single", digits=2, scale=6).sample(1)
+    assert 10 <= int(single.answer) <= 99

@@ -148,8 +148,10 @@ def item_facts(item: TaskItem) -> Facts:
         "read": f"the red panel shows the number {answer}",
         "frames": f"{where} shows {answer_text}",
     }
-    finding = findings.get(family) or (
-        f"it shows {answer_text}" if answer_text else f"the answer is {answer}"
+    finding = (
+        str(item.meta.get("finding", ""))
+        or findings.get(family)
+        or (f"it shows {answer_text}" if answer_text else f"the answer is {answer}")
     )
     return Facts(
         thing=_THING.get(family, "region of interest"),

@@ -26,6 +26,7 @@ PatternFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 PATTERNS: dict[str, PatternFn] = {
     "fine checkerboard": lambda x, y: (x + y) % 2 == 0,
+    "counter checkerboard": lambda x, y: (x + y) % 2 == 1,
     "coarse checkerboard": lambda x, y: (x // 2 + y // 2) % 2 == 0,
     "rising diagonals": lambda x, y: ((x + y) // 2) % 2 == 0,
     "falling diagonals": lambda x, y: ((x - y) // 2) % 2 == 0,

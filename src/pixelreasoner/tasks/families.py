@@ -5,8 +5,8 @@ the global view (a red cell or frame) while *what is there* is a fine pattern th
 (or a selected frame) at native resolution shows:
 
 - ``needle`` (V*-like): which pattern fills the red cell of a 4x4 lattice; multiple choice.
-- ``count`` (TallyQA-like): how many striped squares lie inside the red cell; a number.
-- ``read`` (InfoVQA-like): which number is drawn (in pattern strokes) in the red panel; free form.
+- ``count`` (TallyQA-like): how many patterned squares each tile of the red cell holds; a number.
+- ``read`` (InfoVQA-like): which digit is printed (in pattern strokes) in the red panel; free form.
 - ``frames`` (MVBench-like): which pattern the red frame of a 16-frame clip shows; multiple choice.
 
 Every family is deterministic in its seed and can re-render an item with another answer while
@@ -30,6 +30,8 @@ from PIL import Image
 from pixelreasoner.tasks.drawing import BALANCED, MARKER, WHITE, Canvas, Lattice, digit_mask, soften
 
 LETTERS = "ABCDEFGH"
+TILE = 28
+"""Side of one merged vision token (14 px patches, merged 2 x 2): the unit of the tiled layouts."""
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
@@ -37,7 +39,8 @@ MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 class Sample:
     """One generated question: images (or a video's frames), answer, cue and extra facts.
 
-    ``meta`` holds ``cell`` (row, col) or ``frame``, the answer's text for multiple choice, and
+    ``meta`` holds ``cell`` (row, col) or ``frame``, the answer's text for multiple choice (or a
+    ``finding``: what the zoomed view shows, in words, for the trace templates), and
     a ``global_question`` / ``global_answer`` pair answerable from the global view alone (used
     for text-only traces).
     """
@@ -108,6 +111,17 @@ def _row_question(grid: int) -> str:
     return f"In which row of the {grid}x{grid} grid is the red cell? Answer with a number from 1 to {grid}."
 
 
+def _only_for(layout: str, family: Any, *knobs: str) -> None:
+    """Refuse ``knobs`` changed from their defaults when they only act in another ``layout``."""
+    defaults = {f.name: f.default for f in fields(family)}
+    changed = [k for k in knobs if getattr(family, k) != defaults[k]]
+    if changed:
+        raise ValueError(
+            f"{family.name}: {', '.join(changed)} only act with layout={layout!r}; "
+            f"add the knob layout={layout}"
+        )
+
+
 class _OnLattice:
     """A family drawn on a ``grid x grid`` lattice of ``cell`` px squares (both are knobs)."""
 
@@ -175,13 +189,21 @@ class Needle(_OnLattice):
 class Count(_OnLattice):
     """How many squares of ``objects`` pattern lie in the red cell (on a ``background`` pattern).
 
-    Knobs: lattice, square size (``object_px``: the default 56 px squares cover 2 x 2 merged
-    vision tokens in a 2 x 2 arrangement of slots; 28 px, one merged token in 25 slots, is
-    harder), the largest count.
+    Two layouts:
+
+    - ``"tiled"`` (the default): the red cell is covered by 28 px tiles (one merged vision
+      token each), and every tile holds the same number (0-4) of 14 px squares (one vision
+      patch each) in randomly chosen corners. The count is local to each token, so the tiny
+      model reads it the way it reads a texture.
+    - ``"scattered"``: 0-``max_count`` squares of ``object_px`` (default 56 px, 2 x 2 merged
+      tokens) in randomly chosen slots of the whole cell. Counting then means comparing how much
+      of the cell the squares cover; the tiny CPU model did not learn it within 25 minutes
+      (bench/RESULTS.md), so it is the harder knob setting.
     """
 
     grid: int = Lattice.grid
     cell: int = Lattice.cell
+    layout: Literal["tiled", "scattered"] = "tiled"
     object_px: int = 56
     max_count: int = 4
     background: str = "fine checkerboard"
@@ -191,14 +213,29 @@ class Count(_OnLattice):
     where: Where = "marker+text"
     name: str = "count"
 
+    def __post_init__(self) -> None:
+        if self.layout not in ("tiled", "scattered"):
+            raise ValueError(f"count layout must be 'tiled' or 'scattered', got {self.layout!r}")
+        if self.layout == "tiled":
+            if self.cell % TILE or self.max_count > 4:
+                raise ValueError(
+                    f"the tiled count needs a cell that is a multiple of {TILE} px and max_count <= 4"
+                )
+            _only_for("scattered", self, "object_px")
+        if self.layout == "scattered" and self.max_count > (self.cell // self.object_px) ** 2:
+            raise ValueError(f"max_count {self.max_count} exceeds the cell's {self.object_px} px slots")
+
     def sample(self, seed: int, answer: str | None = None) -> Sample:
         rng = np.random.default_rng(seed)
         g, cell = self.lattice.grid, self.lattice.cell
-        slots_per_side = cell // self.object_px
+        tiled = self.layout == "tiled"
+        size = TILE // 2 if tiled else self.object_px
+        per_side = 2 if tiled else cell // self.object_px
+        groups = (cell // TILE) ** 2 if tiled else 1  # groups of slots that share the count
         row, col = _pick_target(rng, g)
         counts = rng.integers(self.max_count + 1, size=(g, g))
-        # One permutation of slots per cell, always drawn, so changing one count moves nothing else.
-        orders = [rng.permutation(slots_per_side**2) for _ in range(g * g)]
+        # Slot orders are always drawn, so changing one count moves nothing else.
+        orders = rng.permuted(np.tile(np.arange(per_side**2), (g * g * groups, 1)), axis=1)
         if answer is not None:
             counts[row, col] = int(answer)
         canvas = Canvas(self.lattice.size, self.lattice.size)
@@ -207,23 +244,34 @@ class Count(_OnLattice):
                 paper = MARKER if (r, c) == (row, col) else WHITE
                 box = self.lattice.pixel_box(r, c)
                 canvas.fill(box, paper, self.background, fade=self.fade)
-                for slot in orders[r * g + c][: counts[r, c]]:
-                    sy, sx = divmod(int(slot), slots_per_side)
-                    x0, y0 = box[0] + sx * self.object_px, box[1] + sy * self.object_px
-                    square = (x0, y0, x0 + self.object_px, y0 + self.object_px)
-                    canvas.fill(square, paper, self.objects, fade=self.fade // 2, set_tone=False)
+                for k in range(groups):
+                    ty, tx = divmod(k, cell // TILE) if tiled else (0, 0)
+                    for slot in orders[(r * g + c) * groups + k][: counts[r, c]]:
+                        sy, sx = divmod(int(slot), per_side)
+                        x0 = box[0] + tx * TILE + sx * size
+                        y0 = box[1] + ty * TILE + sy * size
+                        square = (x0, y0, x0 + size, y0 + size)
+                        fade = 2 if tiled else self.fade // 2
+                        canvas.fill(square, paper, self.objects, fade=fade, set_tone=False)
+        question = (
+            f"The red cell is covered by tiles that each hold the same number of {self.objects} "
+            "squares. How many squares does one tile hold?"
+            if tiled
+            else f"How many squares of {self.objects} are inside the red cell?"
+        )
         return Sample(
-            question=_located(
-                f"How many squares of {self.objects} are inside the red cell?",
-                self.where,
-                _cell_words(row, col),
-            )
-            + " Answer with a number.",
+            question=_located(question, self.where, _cell_words(row, col)) + " Answer with a number.",
             answer=str(int(counts[row, col])),
             images=[canvas.image(self.contrast)],
             cue_bbox=self.lattice.box(row, col),
-            meta=_lattice_meta(row, col, g),
+            meta={**_lattice_meta(row, col, g), "finding": self._finding(int(counts[row, col]))},
         )
+
+    def _finding(self, n: int) -> str:
+        squares = f"{n} square{'' if n == 1 else 's'} of {self.objects}"
+        if self.layout == "tiled":
+            return f"each tile of the red cell holds {squares}"
+        return f"there {'is' if n == 1 else 'are'} {squares} in the red cell"
 
     def answer_space(self, sample: Sample) -> list[str]:
         return [str(n) for n in range(self.max_count + 1)]
@@ -235,25 +283,52 @@ class Count(_OnLattice):
 
 @dataclass(frozen=True)
 class Read(_OnLattice):
-    """Which number is drawn in the red panel. Digits are drawn with ``stroke`` pattern on a
-    ``background`` pattern (same grey when downscaled); knobs: number of digits, glyph scale
-    (px per pixel of the 5x7 font). The default, one digit at scale 12 (60 x 84 px), is what the
-    tiny CPU model learns; two digits at scale 6 are much harder for it."""
+    """Which number is written in the red panel. Two layouts:
+
+    - ``"tiled"`` (the default): the panel is printed all over with one digit, a 20 x 28 px
+      glyph (the 5x7 font at 4 px) in every 28 px tile (one merged vision token). The strokes
+      are a ``stroke`` pattern in counter-phase to the ``background`` pattern: at native
+      resolution each stroke is a sign flip of the texture, in the downscaled view both average
+      to the same grey. Every token of the panel holds the whole digit, so the tiny model reads
+      it locally, like a texture.
+    - ``"single"``: one number of ``digits`` digits, each font pixel ``scale`` px, centred in
+      the panel, in ``stroke`` on ``background``. Reading it means recognising a shape spread
+      over several tokens; the tiny CPU model did not learn one digit at scale 12 within
+      minutes (bench/RESULTS.md), so it is the harder knob setting.
+    """
 
     grid: int = Lattice.grid
     cell: int = Lattice.cell
+    layout: Literal["tiled", "single"] = "tiled"
     digits: int = 1
     scale: int = 12
-    stroke: str = "coarse checkerboard"
+    stroke: str = "counter checkerboard"
     background: str = "fine checkerboard"
     contrast: float = 0.5
     fade: int = 8
     where: Where = "marker+text"
     name: str = "read"
 
+    def __post_init__(self) -> None:
+        if self.layout not in ("tiled", "single"):
+            raise ValueError(f"read layout must be 'tiled' or 'single', got {self.layout!r}")
+        if self.layout == "tiled":
+            if self.cell % TILE:
+                raise ValueError(f"the tiled read needs a cell that is a multiple of {TILE} px")
+            _only_for("single", self, "digits", "scale")
+
     def _number_range(self) -> tuple[int, int]:
         low = 10 ** (self.digits - 1) if self.digits > 1 else 0
         return low, 10**self.digits
+
+    def _glyph_boxes(self, box: tuple[int, int, int, int], glyph: np.ndarray) -> list[tuple[int, int]]:
+        """Top-left corners of the copies of ``glyph`` drawn in the panel ``box``."""
+        x0, y0, x1, y1 = box
+        gh, gw = glyph.shape
+        if self.layout == "single":
+            return [(x0 + (x1 - x0 - gw) // 2, y0 + (y1 - y0 - gh) // 2)]
+        inset = (TILE - gw) // 2, (TILE - gh) // 2
+        return [(x + inset[0], y + inset[1]) for y in range(y0, y1, TILE) for x in range(x0, x1, TILE)]
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
         rng = np.random.default_rng(seed)
@@ -263,25 +338,35 @@ class Read(_OnLattice):
         numbers = rng.integers(low, high, size=(g, g))
         if answer is not None:
             numbers[row, col] = int(answer)
+        tiled = self.layout == "tiled"
         canvas = Canvas(self.lattice.size, self.lattice.size)
         for r in range(g):
             for c in range(g):
                 paper = MARKER if (r, c) == (row, col) else WHITE
-                x0, y0, x1, y1 = self.lattice.pixel_box(r, c)
-                canvas.fill((x0, y0, x1, y1), paper, self.background, fade=self.fade)
-                glyph = soften(digit_mask(str(int(numbers[r, c])), self.scale), self.fade // 4)
+                box = self.lattice.pixel_box(r, c)
+                canvas.fill(box, paper, self.background, fade=self.fade)
+                mask = digit_mask(str(int(numbers[r, c])), TILE // 7 if tiled else self.scale)
+                glyph = soften(mask, 1 if tiled else self.fade // 4)
                 gh, gw = glyph.shape
-                gx, gy = x0 + (x1 - x0 - gw) // 2, y0 + (y1 - y0 - gh) // 2
-                canvas.fill((gx, gy, gx + gw, gy + gh), paper, self.stroke, where=glyph, set_tone=False)
+                for gx, gy in self._glyph_boxes(box, glyph):
+                    canvas.fill((gx, gy, gx + gw, gy + gh), paper, self.stroke, where=glyph, set_tone=False)
+        stem = (
+            "The red panel is printed all over with one digit. Which digit is it?"
+            if tiled
+            else "What number is written in the red panel?"
+        )
         return Sample(
-            question=_located(
-                "What number is written in the red panel?", self.where, _cell_words(row, col, "red panel")
-            )
+            question=_located(stem, self.where, _cell_words(row, col, "red panel"))
             + " Answer with the number.",
             answer=str(int(numbers[row, col])),
             images=[canvas.image(self.contrast)],
             cue_bbox=self.lattice.box(row, col),
-            meta=_lattice_meta(row, col, g),
+            meta={
+                **_lattice_meta(row, col, g),
+                "finding": f"the red panel is printed with the digit {numbers[row, col]}"
+                if tiled
+                else f"the red panel shows the number {numbers[row, col]}",
+            },
         )
 
     @property
