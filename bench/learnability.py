@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from pixelreasoner.data.formats import write_traces
+from pixelreasoner.data.items import TaskItem
 from pixelreasoner.eval.tasks import task_for
 from pixelreasoner.models.loading import load_model
 from pixelreasoner.protocol.turns import parse_turn
@@ -33,10 +35,11 @@ from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
 from pixelreasoner.tasks.families import FAMILIES, make_family, parse_knobs
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.sft import SFTConfig, train_sft
+from pixelreasoner.trajectory import Trajectory
 from pixelreasoner.vision.budget import tiny
 
 
-def first_call(trajectory, item) -> tuple[bool, bool]:  # type: ignore[no-untyped-def]
+def first_call(trajectory: Trajectory, item: TaskItem) -> tuple[bool, bool]:
     """Whether the first turn is a valid tool call, and whether that call hit the cue."""
     turns = trajectory.conversation.model_turns
     call = parse_turn(turns[0].text).call if turns else None
@@ -57,7 +60,9 @@ def first_call(trajectory, item) -> tuple[bool, bool]:  # type: ignore[no-untype
     return True, right
 
 
-def figures(trajectories, items, control) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def figures(
+    trajectories: Sequence[Trajectory], items: Sequence[TaskItem], control: Sequence[Trajectory]
+) -> dict[str, float]:
     """Valid first calls, right regions, accuracy, RaPR and the no-tool control, as shares."""
     n = max(1, len(items))
     calls = [first_call(t, i) for t, i in zip(trajectories, items, strict=True)]

@@ -18,11 +18,14 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+from pixelreasoner.data.items import TaskItem
 from pixelreasoner.models.loading import load_model
 from pixelreasoner.models.tiny import save_tiny_model
 from pixelreasoner.rollout.backend import SamplingParams
@@ -31,10 +34,13 @@ from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.rollout.http import OpenAIBackend
 from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
+from pixelreasoner.trajectory import Trajectory
 from pixelreasoner.vision.budget import tiny
 
+T = TypeVar("T")
 
-def timed(fn):  # type: ignore[no-untyped-def]
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
     began = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - began
@@ -82,7 +88,7 @@ def main() -> None:
         ).items
         params = SamplingParams(temperature=0.0, max_new_tokens=args.tokens)
 
-        def rollout(batch: list, cache: bool = True) -> list:  # type: ignore[type-arg]
+        def rollout(batch: list[TaskItem], cache: bool = True) -> list[Trajectory]:
             engine = RolloutEngine(
                 TransformersBackend(model, processor, budget, cache=cache), budget, first=params
             )

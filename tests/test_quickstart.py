@@ -26,3 +26,26 @@ def test_fast_quickstart_runs_and_resumes(tmp_path: Path, capsys) -> None:  # ty
     capsys.readouterr()
     assert main(["quickstart", "--fast", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("done before, skipping") == len(STAGES)
+
+
+def _metrics(folder: Path, rows: list[dict[str, float]]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": i, **r}) + "\n" for i, r in enumerate(rows))
+    )
+
+
+def test_report_says_when_the_curiosity_bonus_never_fired(tmp_path: Path) -> None:
+    from pixelreasoner.report import rl_signal
+
+    quiet = [{"train/reward": 0.9, "train/curiosity": 0.0, "train/trained_samples": 40.0}] * 2
+    _metrics(tmp_path / "rl-curiosity", quiet)
+    _metrics(tmp_path / "rl-plain", quiet)
+    lines = rl_signal(tmp_path)
+    assert lines[0].startswith("RL with curiosity: trained on 80 samples in 2 steps")
+    assert lines[-1].startswith("The curiosity bonus was 0") and "the same run" in lines[-1]
+
+    fired = tmp_path / "fired"
+    _metrics(fired / "rl-curiosity", [{"train/reward": 0.9, "train/curiosity": 0.1}])
+    _metrics(fired / "rl-plain", [{"train/reward": 0.8, "train/curiosity": 0.0}])
+    assert not any("curiosity bonus" in line for line in rl_signal(fired))

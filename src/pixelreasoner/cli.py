@@ -165,7 +165,7 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="difficulty knob of a single family, e.g. digits=3 or contrast=1.0 (repeatable)",
+        help="difficulty knob of a single family, e.g. layout=scattered or contrast=1.0 (repeatable)",
     )
     p.set_defaults(func=_cmd_synth_tasks)
 
@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--families",
         default=None,
-        help="task families, comma-separated or 'all' (default: needle,frames; all four learn slower)",
+        help="task families, comma-separated or 'all' (default: all four; --fast: needle,frames)",
     )
     p.set_defaults(func=_cmd_quickstart)
     return parser

@@ -234,7 +234,24 @@ def rl_signal(out: Path) -> list[str]:
                 " advantage was zero and this model is its warm start unchanged"
             )
         lines.append(line)
+    lines += _curiosity_note(out)
     return lines
+
+
+def _curiosity_note(out: Path) -> list[str]:
+    """A line when the curiosity bonus never fired, so both tool-using RL arms had one reward."""
+    paths = [out / stage / "metrics.jsonl" for stage in ("rl-curiosity", "rl-plain")]
+    if not all(path.is_file() for path in paths):
+        return []
+    curious, plain = (read_metrics(path) for path in paths)
+    if not curious or any(r.get("train/curiosity", 0.0) != 0.0 for r in curious):
+        return []
+    same = [r.get("train/reward") for r in curious] == [r.get("train/reward") for r in plain]
+    return [
+        "The curiosity bonus was 0 in every step: no query's share of tool-using rollouts fell"
+        " below the bonus threshold, so both arms optimised the same reward"
+        + ("; with the same seed they are the same run." if same else ".")
+    ]
 
 
 def _word(ok: bool | None) -> str:

@@ -207,7 +207,7 @@ class Count(_OnLattice):
     object_px: int = 56
     max_count: int = 4
     background: str = "fine checkerboard"
-    objects: str = "coarse checkerboard"
+    objects: str = "counter checkerboard"
     contrast: float = 0.5
     fade: int = 8
     where: Where = "marker+text"
