@@ -197,7 +197,7 @@ class Count(_OnLattice):
       model reads it the way it reads a texture.
     - ``"scattered"``: 0-``max_count`` squares of ``object_px`` (default 56 px, 2 x 2 merged
       tokens) in randomly chosen slots of the whole cell. Counting then means comparing how much
-      of the cell the squares cover; the tiny CPU model did not learn it within 25 minutes
+      of the cell the squares cover; the tiny CPU model did not learn it in runs of 4-7 minutes
       (bench/RESULTS.md), so it is the harder knob setting.
     """
 
