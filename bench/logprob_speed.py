@@ -24,7 +24,7 @@ from pixelreasoner.rollout.engine import Query, RolloutEngine
 from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
-from pixelreasoner.train.rl import Sample, _Scorer
+from pixelreasoner.train.rl import Sample, Scorer
 from pixelreasoner.vision.budget import tiny
 
 
@@ -53,7 +53,7 @@ def main() -> None:
         )
         trajectories = engine.run([Query.from_item(i, budget) for i in items])
         samples = [Sample(t, 0.0) for t in trajectories]
-        scorer = _Scorer(Renderer(processor, budget))
+        scorer = Scorer(Renderer(processor, budget))
         device = torch.device("cpu")
 
         def score(size: int) -> tuple[torch.Tensor, float]:

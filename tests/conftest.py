@@ -39,3 +39,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     out = save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-1m", preset="tiny-1m", seed=0)
     model, processor = load_model(out, dtype=torch.float32)
     return model, processor
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped, with the reason shown, where torch sees no CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

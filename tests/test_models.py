@@ -205,6 +205,24 @@ def test_presets_build_with_expected_sizes(preset: str) -> None:
     assert not model.training
 
 
+@pytest.mark.parametrize(
+    ("shape", "published", "tied"),
+    # Parameter counts the released checkpoints report (3.75B and 8.29B).
+    [("qwen2.5-vl-3b", 3_754_622_976, True), ("qwen2.5-vl-7b", 8_292_166_656, False)],
+)
+def test_full_shapes_have_the_published_parameter_counts(shape: str, published: int, tied: bool) -> None:
+    model, processor = build_tiny_model(shape, device="meta", dtype=torch.bfloat16)
+    assert count_parameters(model) == published
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored
+    text = model.config.text_config
+    assert text.tie_word_embeddings is tied
+    assert 2 * sum(text.rope_parameters["mrope_section"]) == text.hidden_size // text.num_attention_heads
+    assert model.config.vision_config.out_hidden_size == text.hidden_size
+    assert model.config.image_token_id == processor.image_token_id
+
+
 def test_unknown_preset_is_rejected() -> None:
     with pytest.raises(ValueError, match="tiny-1m"):
         build_tiny_model("tiny-1g")

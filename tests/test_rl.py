@@ -31,7 +31,7 @@ from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train import rl as rl_module
 from pixelreasoner.train.metrics import read_metrics
-from pixelreasoner.train.rl import RLConfig, Sample, _Scorer, train_rl
+from pixelreasoner.train.rl import RLConfig, Sample, Scorer, train_rl
 from pixelreasoner.vision.budget import tiny
 
 BUDGET = tiny()
@@ -112,13 +112,13 @@ def test_replays_keep_the_log_probs_of_the_policy_that_sampled_them(setup, tmp_p
     monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
     scored_old: list[Sample] = []  # the objects themselves, so ids are never reused
     updated: list[Sample] = []
-    original = _Scorer.logprobs
+    original = Scorer.logprobs
 
     def spy(self, model, samples, device):  # type: ignore[no-untyped-def]
         (updated if torch.is_grad_enabled() else scored_old).extend(samples)
         return original(self, model, samples, device)
 
-    monkeypatch.setattr(_Scorer, "logprobs", spy)
+    monkeypatch.setattr(Scorer, "logprobs", spy)
     train_rl(config(setup, tmp_path / "run", steps=3, filter="ssr"))
     old_ids = [id(s) for s in scored_old]
     assert len(old_ids) == len(set(old_ids))  # never re-scored
@@ -152,7 +152,7 @@ def test_batched_logprobs_match_one_at_a_time_and_the_sampler(setup) -> None:  #
     )
     trajectories = engine.run([Query.from_item(i, BUDGET) for i in items for _ in range(2)])
     samples = [Sample(t, 0.0) for t in trajectories]
-    scorer = _Scorer(Renderer(processor, BUDGET))
+    scorer = Scorer(Renderer(processor, BUDGET))
     with torch.no_grad():
         batched, _, counts = scorer.logprobs(model, samples, torch.device("cpu"))
         single = torch.cat([scorer.logprobs(model, [s], torch.device("cpu"))[0] for s in samples])

@@ -39,6 +39,7 @@ from pixelreasoner.vision.ops import crop_text, error_text, frames_text
 __all__ = [
     "ADDED_TOKENS",
     "DEFAULT_CORPUS",
+    "FULL_SHAPES",
     "PRESETS",
     "SPECIAL_TOKENS",
     "TinyPreset",
@@ -277,6 +278,7 @@ class TinyPreset:
     window_size: int = 112  # vision window attention, in pixels (112 / 14 / 2 = 4 merged tokens)
     rope_theta: float = 1_000_000.0
     max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -331,10 +333,48 @@ PRESETS: dict[str, TinyPreset] = {
 }
 
 
+# The published Qwen2.5-VL sizes (the checkpoints' config.json), for random-weight runs at real
+# shape: benchmarks of memory and speed on a GPU (bench/gpu_step.py), never for learning. The
+# vision tower is the same in both. Built with the tiny tokenizer, the vocabulary rows beyond it
+# exist (so memory and the LM head's cost are real) but are never indexed.
+_QWEN25_VL_VISION = {
+    "vision_depth": 32,
+    "vision_hidden_size": 1280,
+    "vision_num_heads": 16,
+    "vision_intermediate_size": 3420,
+    "fullatt_block_indexes": (7, 15, 23, 31),
+    "mrope_section": (16, 24, 24),
+}
+FULL_SHAPES: dict[str, TinyPreset] = {
+    "qwen2.5-vl-3b": TinyPreset(
+        vocab_size=151936,
+        hidden_size=2048,
+        num_layers=36,
+        num_heads=16,
+        num_kv_heads=2,
+        intermediate_size=11008,
+        tie_word_embeddings=True,
+        **_QWEN25_VL_VISION,  # type: ignore[arg-type]
+    ),
+    "qwen2.5-vl-7b": TinyPreset(
+        vocab_size=152064,
+        hidden_size=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        intermediate_size=18944,
+        tie_word_embeddings=False,
+        **_QWEN25_VL_VISION,  # type: ignore[arg-type]
+    ),
+}
+
+
 def _preset(name: str) -> TinyPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown tiny preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name]
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in FULL_SHAPES:
+        return FULL_SHAPES[name]
+    raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS) + sorted(FULL_SHAPES)}")
 
 
 def tiny_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
@@ -361,7 +401,7 @@ def tiny_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerBase) -> Qwen2
         "bos_token_id": tid("<|endoftext|>"),
         "eos_token_id": tid("<|im_end|>"),
         "pad_token_id": tid("<|endoftext|>"),
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": preset.tie_word_embeddings,
     }
     vision_config = {
         "depth": preset.vision_depth,
@@ -383,7 +423,7 @@ def tiny_config(preset: TinyPreset, tokenizer: PreTrainedTokenizerBase) -> Qwen2
         video_token_id=tid("<|video_pad|>"),
         vision_start_token_id=tid("<|vision_start|>"),
         vision_end_token_id=tid("<|vision_end|>"),
-        tie_word_embeddings=True,
+        tie_word_embeddings=preset.tie_word_embeddings,
     )
 
 
@@ -399,20 +439,36 @@ def tiny_image_processor(preset: TinyPreset) -> Qwen2VLImageProcessorPil:
 
 
 def build_tiny_model(
-    preset: str = "tiny-1m", *, seed: int = 0, extra_corpus: Iterable[str] = ()
+    preset: str = "tiny-1m",
+    *,
+    seed: int = 0,
+    extra_corpus: Iterable[str] = (),
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, VLProcessor]:
-    """Build a randomly initialised tiny Qwen2.5-VL and its processor (eval mode, fp32, CPU).
+    """Build a randomly initialised Qwen2.5-VL and its processor (eval mode; fp32 on CPU by default).
 
-    Deterministic: the same ``preset``, ``seed`` and ``extra_corpus`` give identical weights and
-    tokenizer. The global torch RNG is left untouched.
+    ``preset`` is a tiny preset (:data:`PRESETS`) or a published shape (:data:`FULL_SHAPES`), whose
+    weights are then created directly on ``device`` in ``dtype``. Deterministic on CPU: the same
+    ``preset``, ``seed`` and ``extra_corpus`` give identical weights and tokenizer. The global
+    torch RNG is left untouched.
     """
     sizes = _preset(preset)
-    tokenizer = build_tokenizer(extra_corpus, vocab_size=sizes.vocab_size)
+    # The tokenizer never needs more than the tiny corpus fills; a published vocabulary size
+    # would only make BPE training try for merges the corpus does not have.
+    tokenizer = build_tokenizer(extra_corpus, vocab_size=min(sizes.vocab_size, 4096))
     processor = VLProcessor(tokenizer=tokenizer, image_processor=tiny_image_processor(sizes))
     config = tiny_config(sizes, tokenizer)
-    with torch.random.fork_rng(devices=[]):
+    target = torch.device(device)
+    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with target:
+                model = Qwen2_5_VLForConditionalGeneration(config)
+        finally:
+            torch.set_default_dtype(previous)
     model.generation_config = GenerationConfig(
         bos_token_id=processor.endoftext_id,
         eos_token_id=[processor.im_end_id, processor.endoftext_id],

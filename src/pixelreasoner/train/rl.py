@@ -173,7 +173,7 @@ def _max_across(accelerator: Any, value: int) -> int:
     return int(accelerator.reduce(tensor, reduction="max").item())
 
 
-class _Scorer:
+class Scorer:
     """Log-probs of the model's own tokens for a batch of samples (one padded forward pass)."""
 
     def __init__(self, renderer: Renderer, share_prefix: bool = False) -> None:
@@ -237,7 +237,7 @@ def train_rl(config: RLConfig) -> RLResult:
     accelerator.register_for_checkpointing(scheduler)
 
     renderer = Renderer(processor, budget)
-    scorer = _Scorer(renderer, config.share_prefix)
+    scorer = Scorer(renderer, config.share_prefix)
     backend = TransformersBackend(
         accelerator.unwrap_model(model), processor, budget, seed=config.seed + 7919 * rank
     )
@@ -483,4 +483,4 @@ def _sampler_logprobs(sample: Sample) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-__all__ = ["RLConfig", "RLResult", "Sample", "rollout_facts", "train_rl"]
+__all__ = ["RLConfig", "RLResult", "Sample", "Scorer", "rollout_facts", "train_rl"]

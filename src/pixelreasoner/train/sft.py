@@ -182,6 +182,12 @@ def apply_freezing(model: torch.nn.Module, freeze_vision: bool, freeze_projector
             param.requires_grad_(False)
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing (transformers 5 renamed the method; the old name warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine from 1 to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -212,7 +218,7 @@ def train_sft(config: SFTConfig) -> SFTResult:
         model, processor = initial_model(config, traces.conversations)
     apply_freezing(model, config.freeze_vision, config.freeze_projector)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     model.train()
 
     renderer = Renderer(processor, pixel_budget(config.budget))

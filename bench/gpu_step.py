@@ -1,0 +1,316 @@
+"""One SFT step and one RL phase of a randomly initialised Qwen2.5-VL at its published shape.
+
+For a GPU machine: it measures what a training step at real size costs with this repository's
+code (rendering, the shared-prefix forward, the in-process rollout backend, the PPO update):
+
+    python bench/gpu_step.py --shape qwen2.5-vl-3b                  # one CUDA GPU, bf16
+    python bench/gpu_step.py --shape qwen2.5-vl-7b --json out.json  # bf16 weights + AdamW: ~63 GB
+    python bench/gpu_step.py --shape tiny-1m --device cpu           # the same code on CPU, in seconds
+
+What it does, on synthetic needle items rendered at the released training pixel budget
+(``--knob grid=10`` by default: a 1400 px canvas, shown at the 2000-token input limit):
+
+- **SFT**: ``--sft-steps`` optimizer steps over ``--sft-batch`` synthesized traces each
+  (forward + backward in micro-batches of ``--micro``, then AdamW). Step time, tokens/s (real
+  tokens, padding excluded) and peak memory; the first step includes warm-up and is reported
+  apart from the best later one.
+- **RL**: one phase: ``--queries`` x ``--group`` rollouts with the in-process backend (sampling
+  as the RL recipe: temperature 1, top-p 0.95, top-k 40, up to ``--turn-tokens`` per turn), the
+  old log-probs of every rollout, and one PPO update over them in micro-batches of ``--micro``.
+  Time of each part, generated tokens/s, peak memory.
+
+Precision (``--precision``): ``bf16`` keeps weights, gradients and AdamW's moments in bf16 (8 bytes
+per trained parameter: what fits 7B on one 80 GB GPU); ``amp`` keeps fp32 weights and runs the
+forward under bf16 autocast (what ``mixed_precision=bf16`` in the recipes does; 16 bytes per
+parameter, so 3B fits one GPU and 7B needs ZeRO across several); ``fp32`` is for CPU. The vision
+tower is frozen as in the recipes (``--train-vision`` trains it too), and activation
+checkpointing is on for the published shapes (``--checkpointing off`` turns it off).
+
+Honest limits: the weights are random, so rollouts are random text that runs to
+``--turn-tokens`` without a tool call, and every reward is 0; the update therefore uses
+alternating +1/-1 advantages, which time the same computation. The tokenizer is the tiny one
+trained on the protocol's strings, so text takes somewhat more tokens than with Qwen's (image
+tokens, most of each sequence, are exact). Nothing here was run on a GPU by the sessions that
+wrote it (none was lent); bench/RESULTS.md says what was measured where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from pixelreasoner.models.tiny import FULL_SHAPES, PRESETS, build_tiny_model
+from pixelreasoner.render import Renderer
+from pixelreasoner.rl.algorithm import ppo_token_loss
+from pixelreasoner.rollout.backend import SamplingParams
+from pixelreasoner.rollout.engine import Query, RolloutEngine, RolloutLimits
+from pixelreasoner.rollout.hf import TransformersBackend
+from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
+from pixelreasoner.tasks.families import make_family, parse_knobs
+from pixelreasoner.tasks.generate import generate_dataset
+from pixelreasoner.train.rl import RLConfig, Sample, Scorer
+from pixelreasoner.train.sft import apply_freezing, enable_checkpointing
+from pixelreasoner.train.tokens import nll_sum
+from pixelreasoner.vision.budget import pixel_budget
+
+T = TypeVar("T")
+DTYPES = {"bf16": torch.bfloat16, "amp": torch.float32, "fp32": torch.float32}
+
+
+class Meter:
+    """Wall time and peak memory of a block, synchronising the GPU around it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def measure(self, fn: Callable[[], T]) -> tuple[T, float, float]:
+        """``fn()``, its seconds, and the peak memory in GiB while it ran (CPU: the process's peak so far)."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.sync()
+        began = time.perf_counter()
+        result = fn()
+        self.sync()
+        seconds = time.perf_counter() - began
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated() / 2**30
+        else:  # ru_maxrss is KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return result, seconds, peak
+
+
+def chunks(values: Sequence[T], size: int) -> list[list[T]]:
+    return [list(values[k : k + size]) for k in range(0, len(values), size)]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    shapes = sorted(FULL_SHAPES) + sorted(PRESETS)
+    parser.add_argument("--shape", default="qwen2.5-vl-3b", choices=shapes, help="model size (random init)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--budget", default="released-train", help="pixel budget preset")
+    parser.add_argument("--family", default="needle")
+    parser.add_argument(
+        "--knob", action="append", default=None, help="family knob KEY=VALUE (default: grid=10)"
+    )
+    parser.add_argument("--sft-batch", type=int, default=16, help="traces per SFT step (the recipe's 16)")
+    parser.add_argument("--sft-steps", type=int, default=3)
+    parser.add_argument("--micro", type=int, default=4, help="sequences per forward pass")
+    parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--group", type=int, default=8, help="rollouts per query (the recipe's 8)")
+    parser.add_argument("--turn-tokens", type=int, default=512, help="max new tokens per turn")
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="sgd keeps no state: to check that a shape runs where AdamW's moments do not fit",
+    )
+    parser.add_argument("--train-vision", action="store_true", help="train the vision tower too")
+    parser.add_argument(
+        "--checkpointing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="activation checkpointing (auto: on for the published shapes)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.knob = args.knob if args.knob is not None else ["grid=10"]
+    return args
+
+
+def build_data(args: argparse.Namespace, tmp: Path) -> tuple[list[Any], list[Any]]:
+    """Task items (for RL) and synthesized single-pass traces of them (for SFT)."""
+    budget = pixel_budget(args.budget)
+    family = make_family(args.family, **parse_knobs(args.family, args.knob))
+    count = max(args.sft_batch, args.queries)
+    items = generate_dataset([family], count, tmp / "tasks", seed=0, progress=False).items
+    synthesizer = TraceSynthesizer(budget, mix=TraceMix.single_pass(), seed=0)
+    conversations, _, _ = synthesizer.run(items, progress=False)
+    return items, conversations
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda, but torch sees no CUDA GPU (--device cpu --shape tiny-1m: a smoke run)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = pixel_budget(args.budget)
+    meter = Meter(device)
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if args.precision == "amp"
+        else contextlib.nullcontext
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        items, conversations = build_data(args, Path(tmp))
+        corpus = [t.text for c in conversations for t in c.turns if t.text]
+        (model, processor), build_s, _ = meter.measure(
+            lambda: build_tiny_model(
+                args.shape, seed=0, extra_corpus=corpus, dtype=DTYPES[args.precision], device=device
+            )
+        )
+        renderer = Renderer(processor, budget)
+        traces = [renderer.render(c) for c in conversations[: args.sft_batch]]
+        queries = [Query.from_item(item, budget) for item in items[: args.queries] for _ in range(args.group)]
+
+    apply_freezing(model, freeze_vision=not args.train_vision, freeze_projector=False)
+    checkpointing = args.checkpointing == "on" or (args.checkpointing == "auto" and args.shape in FULL_SHAPES)
+    if checkpointing:
+        enable_checkpointing(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.95))
+        if args.optimizer == "adamw"
+        else torch.optim.SGD(trainable, lr=args.lr)
+    )
+    figures: dict[str, Any] = {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": args.precision,
+        "optimizer": args.optimizer,
+        "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9,
+        "trained_parameters_b": sum(p.numel() for p in trainable) / 1e9,
+        "checkpointing": checkpointing,
+        "build_s": build_s,
+    }
+
+    # SFT ---------------------------------------------------------------------------------------
+    ordered = sorted(traces, key=len)  # as train_sft: micro-batches of similar length
+    learned = sum(sum(s.loss_mask[1:]) for s in ordered)
+
+    losses: list[float] = []
+
+    def sft_step() -> int:
+        model.train()
+        real, total = 0, 0.0
+        for chunk in chunks(ordered, args.micro):
+            batch = renderer.collate(chunk, padding_side="right").to(device)
+            real += int(batch.attention_mask.sum())
+            with autocast():
+                nll, _ = nll_sum(model, batch, batch.loss_mask, share_prefix=True)
+            (nll / learned).backward()
+            total += float(nll.detach())
+        losses.append(total / learned)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return real
+
+    steps = [meter.measure(sft_step) for _ in range(args.sft_steps)]
+    tokens = steps[0][0]
+    later = [s for _, s, _ in steps[1:]] or [steps[0][1]]
+    figures["sft"] = {
+        "sequences": len(ordered),
+        "tokens_per_step": tokens,
+        "mean_sequence_tokens": tokens / len(ordered),
+        "first_step_s": steps[0][1],
+        "step_s": min(later),
+        "median_step_s": statistics.median(later),
+        "tokens_per_s": tokens / min(later),
+        "peak_gib": max(p for _, _, p in steps),
+        "loss_by_step": [round(v, 4) for v in losses],  # ~ln(vocab) at random init; finite
+    }
+    print_block("SFT", figures["sft"])
+
+    # RL ----------------------------------------------------------------------------------------
+    rl = RLConfig()
+    sampling = SamplingParams(rl.temperature_first, rl.top_p, rl.top_k, args.turn_tokens)
+    later_sampling = SamplingParams(rl.temperature_later, rl.top_p, rl.top_k, args.turn_tokens)
+    limits = RolloutLimits(rl.max_calls, rl.max_images, rl.max_total_tokens, args.turn_tokens)
+    scorer = Scorer(renderer, share_prefix=True)  # off by itself under checkpointing
+
+    def rollout() -> list[Any]:
+        model.eval()
+        backend = TransformersBackend(model, processor, budget, seed=0)
+        engine = RolloutEngine(backend, budget, limits, sampling, later_sampling)
+        with torch.no_grad(), autocast():
+            return engine.run(queries)
+
+    trajectories, rollout_s, rollout_peak = meter.measure(rollout)
+    samples = [Sample(t, 1.0 if k % 2 else -1.0) for k, t in enumerate(trajectories) if t.n_turns]
+
+    def old_logprobs() -> None:
+        with torch.no_grad(), autocast():
+            for chunk in chunks(samples, args.micro):
+                logprobs, _, counts = scorer.logprobs(model, chunk, device)
+                for sample, piece in zip(chunk, torch.split(logprobs, counts), strict=True):
+                    sample.old_logprobs = piece
+
+    def update() -> None:
+        model.train()
+        for chunk in chunks(samples, args.micro):
+            with autocast():
+                logprobs, _, counts = scorer.logprobs(model, chunk, device)
+            old = torch.cat([s.old_logprobs for s in chunk if s.old_logprobs is not None]).to(device)
+            adv = torch.cat([torch.full((c,), s.advantage) for s, c in zip(chunk, counts, strict=True)])
+            result = ppo_token_loss(
+                logprobs, old, adv.to(device), rl.clip_low, rl.clip_high, normalizer=rl.loss_constant
+            )
+            result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, rl.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    _, logprob_s, logprob_peak = meter.measure(old_logprobs)
+    _, update_s, update_peak = meter.measure(update)
+    generated = sum(t.generated_tokens for t in trajectories)
+    scored = sum(int(s.old_logprobs.numel()) for s in samples if s.old_logprobs is not None)
+    figures["rl"] = {
+        "rollouts": len(trajectories),
+        "generated_tokens": generated,
+        "rollout_s": rollout_s,
+        "generated_tokens_per_s": generated / rollout_s,
+        "logprob_s": logprob_s,
+        "update_s": update_s,
+        "phase_s": rollout_s + logprob_s + update_s,
+        "trained_tokens": scored,
+        "update_tokens_per_s": scored / update_s,
+        "peak_gib": max(rollout_peak, logprob_peak, update_peak),
+    }
+    print_block("RL", figures["rl"])
+    return figures
+
+
+def _lines(block: dict[str, Any]) -> Iterator[str]:
+    for key, value in block.items():
+        yield f"  {key:<24} {value:.3f}" if isinstance(value, float) else f"  {key:<24} {value}"
+
+
+def print_block(title: str, block: dict[str, Any]) -> None:
+    print(title)
+    print("\n".join(_lines(block)), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    figures = run(args)
+    head = {k: v for k, v in figures.items() if k not in ("sft", "rl")}
+    print_block("model", head)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
