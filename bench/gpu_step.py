@@ -1,37 +1,41 @@
-"""One SFT step and one RL phase of a randomly initialised Qwen2.5-VL at its published shape.
+"""SFT steps and one RL phase of a randomly initialised Qwen2.5-VL at its published shape.
 
-For a GPU machine: it measures what a training step at real size costs with this repository's
-code (rendering, the shared-prefix forward, the in-process rollout backend, the PPO update):
+For a GPU machine: it measures what training at real size costs with this repository's code
+(rendering, the forward over selected tokens, the in-process rollout backend, the PPO update):
 
-    python bench/gpu_step.py --shape qwen2.5-vl-3b                  # one CUDA GPU, bf16
-    python bench/gpu_step.py --shape qwen2.5-vl-7b --json out.json  # bf16 weights + AdamW: ~63 GB
-    python bench/gpu_step.py --shape tiny-1m --device cpu           # the same code on CPU, in seconds
+    python bench/gpu_step.py --shape qwen2.5-vl-3b --json gpu-3b.json         # one GPU, amp
+    python bench/gpu_step.py --shape qwen2.5-vl-7b --precision bf16 --json gpu-7b.json
+    python bench/gpu_step.py --shape tiny-1m --device cpu                     # CPU smoke run
 
 What it does, on synthetic needle items rendered at the released training pixel budget
 (``--knob grid=10`` by default: a 1400 px canvas, shown at the 2000-token input limit):
 
 - **SFT**: ``--sft-steps`` optimizer steps over ``--sft-batch`` synthesized traces each
-  (forward + backward in micro-batches of ``--micro``, then AdamW). Step time, tokens/s (real
-  tokens, padding excluded) and peak memory; the first step includes warm-up and is reported
-  apart from the best later one.
-- **RL**: one phase: ``--queries`` x ``--group`` rollouts with the in-process backend (sampling
-  as the RL recipe: temperature 1, top-p 0.95, top-k 40, up to ``--turn-tokens`` per turn), the
-  old log-probs of every rollout, and one PPO update over them in micro-batches of ``--micro``.
-  Time of each part, generated tokens/s, peak memory.
+  (forward + backward in micro-batches of ``--micro``, then AdamW), vision tower frozen as in
+  the SFT recipe. Step time, tokens/s (real tokens, padding excluded), gradient norm and peak
+  memory; the first step includes warm-up and is reported apart from the best later one.
+- **RL**: one phase with the vision tower trained, as in the RL recipe (``--rl-freeze-vision``
+  freezes it): ``--queries`` x ``--group`` rollouts with the in-process backend (sampling as
+  the recipe: temperature 1, top-p 0.95, top-k 40, up to ``--turn-tokens`` per turn), the old
+  log-probs of every rollout, and one PPO update over them in micro-batches of ``--micro``.
+  Time of each part, generated tokens/s (prefill and vision encoding included), peak memory.
 
-Precision (``--precision``): ``bf16`` keeps weights, gradients and AdamW's moments in bf16 (8 bytes
-per trained parameter: what fits 7B on one 80 GB GPU); ``amp`` keeps fp32 weights and runs the
-forward under bf16 autocast (what ``mixed_precision=bf16`` in the recipes does; 16 bytes per
-parameter, so 3B fits one GPU and 7B needs ZeRO across several); ``fp32`` is for CPU. The vision
-tower is frozen as in the recipes (``--train-vision`` trains it too), and activation
-checkpointing is on for the published shapes (``--checkpointing off`` turns it off).
+Precision (``--precision``). ``amp`` (the default on CUDA) keeps fp32 weights and runs the
+forward under bf16 autocast: what ``mixed_precision=bf16`` in the recipes does, 16 bytes per
+trained parameter, so 3B fits one 80 GB GPU and 7B needs ZeRO across several, as released.
+``bf16`` keeps weights, gradients and AdamW's moments in bf16 (8 bytes per trained parameter),
+which lets 7B run on one GPU, but **for timing and memory only**: at lr 1e-6 most bf16 weights
+round the update away, so it would not train. ``fp32`` is for CPU. Activation checkpointing is
+on for the published shapes (``--checkpointing off`` turns it off).
 
 Honest limits: the weights are random, so rollouts are random text that runs to
-``--turn-tokens`` without a tool call, and every reward is 0; the update therefore uses
-alternating +1/-1 advantages, which time the same computation. The tokenizer is the tiny one
-trained on the protocol's strings, so text takes somewhat more tokens than with Qwen's (image
-tokens, most of each sequence, are exact). Nothing here was run on a GPU by the sessions that
-wrote it (none was lent); bench/RESULTS.md says what was measured where.
+``--turn-tokens`` without a tool call, every reward is 0, and no rollout has a second turn or a
+crop; the update therefore uses alternating +1/-1 advantages, which time the same computation.
+The defaults are far below the recipe's rollout scale (512 rollouts of up to 2048 tokens per
+turn on each GPU per phase): raise ``--queries`` and ``--turn-tokens`` to see that cost. The
+tokenizer is the tiny one trained on the protocol's strings, so text takes somewhat more tokens
+than with Qwen's (image tokens, most of each sequence, are exact). Nothing here was run on a
+GPU by the sessions that wrote it (none was lent); bench/RESULTS.md says what was measured where.
 """
 
 from __future__ import annotations
@@ -72,26 +76,48 @@ class Meter:
     """Wall time and peak memory of a block, synchronising the GPU around it."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
 
     def sync(self) -> None:
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
 
-    def measure(self, fn: Callable[[], T]) -> tuple[T, float, float]:
-        """``fn()``, its seconds, and the peak memory in GiB while it ran (CPU: the process's peak so far)."""
+    def measure(self, fn: Callable[[], T]) -> tuple[T, float, dict[str, float]]:
+        """``fn()``, its seconds, and peak memory in GiB while it ran: ``allocated`` and
+        ``reserved`` on CUDA (reserved is what runs out), ``resident`` on CPU (the process's
+        peak so far)."""
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.sync()
         began = time.perf_counter()
         result = fn()
         self.sync()
         seconds = time.perf_counter() - began
         if self.cuda:
-            peak = torch.cuda.max_memory_allocated() / 2**30
+            peak = {
+                "allocated": torch.cuda.max_memory_allocated(self.device) / 2**30,
+                "reserved": torch.cuda.max_memory_reserved(self.device) / 2**30,
+            }
         else:  # ru_maxrss is KiB on Linux
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            peak = {"resident": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
         return result, seconds, peak
+
+
+def highest(peaks: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {key: max(p[key] for p in peaks) for key in peaks[0]}
+
+
+def make_optimizer(args: argparse.Namespace, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW as the recipes (betas 0.9/0.95, no weight decay; fused on CUDA), or plain SGD."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr)
+    fused = params[0].device.type == "cuda"
+    return torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
+
+
+def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def chunks(values: Sequence[T], size: int) -> list[list[T]]:
@@ -105,14 +131,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     shapes = sorted(FULL_SHAPES) + sorted(PRESETS)
     parser.add_argument("--shape", default="qwen2.5-vl-3b", choices=shapes, help="model size (random init)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", choices=sorted(DTYPES), help="default: amp on CUDA, fp32 on CPU")
     parser.add_argument("--budget", default="released-train", help="pixel budget preset")
     parser.add_argument("--family", default="needle")
     parser.add_argument(
         "--knob", action="append", default=None, help="family knob KEY=VALUE (default: grid=10)"
     )
     parser.add_argument("--sft-batch", type=int, default=16, help="traces per SFT step (the recipe's 16)")
-    parser.add_argument("--sft-steps", type=int, default=3)
+    parser.add_argument("--sft-steps", type=int, default=3, help="the first is warm-up (reported apart)")
     parser.add_argument("--micro", type=int, default=4, help="sequences per forward pass")
     parser.add_argument("--queries", type=int, default=4)
     parser.add_argument("--group", type=int, default=8, help="rollouts per query (the recipe's 8)")
@@ -124,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="adamw",
         help="sgd keeps no state: to check that a shape runs where AdamW's moments do not fit",
     )
-    parser.add_argument("--train-vision", action="store_true", help="train the vision tower too")
+    parser.add_argument("--rl-freeze-vision", action="store_true", help="freeze the vision tower in RL too")
     parser.add_argument(
         "--checkpointing",
         choices=("auto", "on", "off"),
@@ -134,7 +160,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.precision = args.precision or ("amp" if args.device.startswith("cuda") else "fp32")
+    if args.sft_steps < 1 or args.micro < 1 or args.queries < 1 or args.group < 1:
+        parser.error("--sft-steps, --micro, --queries and --group must be at least 1")
     args.knob = args.knob if args.knob is not None else ["grid=10"]
     return args
 
@@ -152,8 +180,10 @@ def build_data(args: argparse.Namespace, tmp: Path) -> tuple[list[Any], list[Any
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda, but torch sees no CUDA GPU (--device cpu --shape tiny-1m: a smoke run)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda, but torch sees no CUDA GPU (--device cpu --shape tiny-1m: a smoke run)")
+        torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = pixel_budget(args.budget)
@@ -175,32 +205,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         traces = [renderer.render(c) for c in conversations[: args.sft_batch]]
         queries = [Query.from_item(item, budget) for item in items[: args.queries] for _ in range(args.group)]
 
-    apply_freezing(model, freeze_vision=not args.train_vision, freeze_projector=False)
     checkpointing = args.checkpointing == "on" or (args.checkpointing == "auto" and args.shape in FULL_SHAPES)
     if checkpointing:
         enable_checkpointing(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer = (
-        torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.95))
-        if args.optimizer == "adamw"
-        else torch.optim.SGD(trainable, lr=args.lr)
-    )
     figures: dict[str, Any] = {
         "shape": args.shape,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": args.precision,
         "optimizer": args.optimizer,
         "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9,
-        "trained_parameters_b": sum(p.numel() for p in trainable) / 1e9,
         "checkpointing": checkpointing,
         "build_s": build_s,
     }
 
-    # SFT ---------------------------------------------------------------------------------------
+    # SFT: vision tower frozen (the SFT recipe) ---------------------------------------------------
+    apply_freezing(model, freeze_vision=True, freeze_projector=False)
+    params = trained(model)
+    optimizer = make_optimizer(args, params)
     ordered = sorted(traces, key=len)  # as train_sft: micro-batches of similar length
     learned = sum(sum(s.loss_mask[1:]) for s in ordered)
-
     losses: list[float] = []
+    norms: list[float] = []
 
     def sft_step() -> int:
         model.train()
@@ -213,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (nll / learned).backward()
             total += float(nll.detach())
         losses.append(total / learned)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return real
@@ -222,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokens = steps[0][0]
     later = [s for _, s, _ in steps[1:]] or [steps[0][1]]
     figures["sft"] = {
+        "trained_parameters_b": sum(p.numel() for p in params) / 1e9,
         "sequences": len(ordered),
         "tokens_per_step": tokens,
         "mean_sequence_tokens": tokens / len(ordered),
@@ -229,13 +255,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step_s": min(later),
         "median_step_s": statistics.median(later),
         "tokens_per_s": tokens / min(later),
-        "peak_gib": max(p for _, _, p in steps),
-        "loss_by_step": [round(v, 4) for v in losses],  # ~ln(vocab) at random init; finite
+        "peak_gib": highest([peak for _, _, peak in steps]),
+        "loss_by_step": [round(v, 4) for v in losses],  # ~ln(vocab) at random init
+        "grad_norm_by_step": [round(v, 4) for v in norms],
     }
     print_block("SFT", figures["sft"])
+    del optimizer  # RL is a run of its own: its optimizer starts empty
+    for p in params:
+        p.grad = None
 
-    # RL ----------------------------------------------------------------------------------------
+    # RL: vision tower trained (the RL recipe) ----------------------------------------------------
     rl = RLConfig()
+    apply_freezing(model, freeze_vision=args.rl_freeze_vision, freeze_projector=False)
+    params = trained(model)
+    optimizer = make_optimizer(args, params)
     sampling = SamplingParams(rl.temperature_first, rl.top_p, rl.top_k, args.turn_tokens)
     later_sampling = SamplingParams(rl.temperature_later, rl.top_p, rl.top_k, args.turn_tokens)
     limits = RolloutLimits(rl.max_calls, rl.max_images, rl.max_total_tokens, args.turn_tokens)
@@ -258,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for sample, piece in zip(chunk, torch.split(logprobs, counts), strict=True):
                     sample.old_logprobs = piece
 
-    def update() -> None:
+    def update() -> float:
         model.train()
         for chunk in chunks(samples, args.micro):
             with autocast():
@@ -269,15 +302,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 logprobs, old, adv.to(device), rl.clip_low, rl.clip_high, normalizer=rl.loss_constant
             )
             result.loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, rl.max_grad_norm)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return norm
 
     _, logprob_s, logprob_peak = meter.measure(old_logprobs)
-    _, update_s, update_peak = meter.measure(update)
+    grad_norm, update_s, update_peak = meter.measure(update)
     generated = sum(t.generated_tokens for t in trajectories)
     scored = sum(int(s.old_logprobs.numel()) for s in samples if s.old_logprobs is not None)
     figures["rl"] = {
+        "trained_parameters_b": sum(p.numel() for p in params) / 1e9,
         "rollouts": len(trajectories),
         "generated_tokens": generated,
         "rollout_s": rollout_s,
@@ -287,7 +322,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "phase_s": rollout_s + logprob_s + update_s,
         "trained_tokens": scored,
         "update_tokens_per_s": scored / update_s,
-        "peak_gib": max(rollout_peak, logprob_peak, update_peak),
+        "grad_norm": grad_norm,
+        "peak_gib": highest([rollout_peak, logprob_peak, update_peak]),
     }
     print_block("RL", figures["rl"])
     return figures
@@ -295,6 +331,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _lines(block: dict[str, Any]) -> Iterator[str]:
     for key, value in block.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.2f}" for k, v in value.items())
         yield f"  {key:<24} {value:.3f}" if isinstance(value, float) else f"  {key:<24} {value}"
 
 

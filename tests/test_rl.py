@@ -200,8 +200,12 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
 
 @pytest.mark.parametrize(
     ("changes", "key"),
-    [({"filter": "drop"}, "uniform_group_ratio"), ({"kl_coef": 0.1}, "kl")],
-    ids=["drop-uniform-groups", "kl-to-reference"],
+    [
+        ({"filter": "drop"}, "uniform_group_ratio"),
+        ({"kl_coef": 0.1}, "kl"),
+        ({"rollout_batch": 3}, "time_rollout"),
+    ],
+    ids=["drop-uniform-groups", "kl-to-reference", "rollouts-in-batches-of-3"],
 )
 def test_filter_and_kl_variants_run(setup, tmp_path, monkeypatch, changes, key) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)

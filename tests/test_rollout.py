@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import pytest
@@ -108,6 +109,27 @@ def test_lockstep_batches_shrink_and_release(items) -> None:  # type: ignore[no-
     assert [len(c) for c in backend.calls] == [4, 2, 1] and sorted(backend.released) == sorted(backend.turns)
 
 
+def test_max_batch_rolls_out_in_bounded_batches_with_the_same_results(items) -> None:  # type: ignore[no-untyped-def]
+    # one query answers at once, the others crop first: batches end at different turns
+    def script(request, turn):  # type: ignore[no-untyped-def]
+        return ANSWER if request.key % 3 == 0 or turn > 0 else GOOD
+
+    queries = lambda: [Query.from_item(i, BUDGET) for i in items + items]  # noqa: E731
+    whole = RolloutEngine(ScriptedBackend(script), BUDGET).run(queries())
+    backend = ScriptedBackend(script)
+    batched = RolloutEngine(backend, BUDGET).run(queries(), max_batch=3)
+    assert max(len(call) for call in backend.calls) <= 3
+    assert [k for call in backend.calls for k in call][:3] == [0, 1, 2]  # the first batch runs first
+    assert sorted(backend.released) == list(range(len(items) * 2))
+    assert [t.finish_reason for t in batched] == [t.finish_reason for t in whole]
+    assert {t.n_calls for t in batched} == {0, 1}
+    assert [[m.text for m in t.conversation.model_turns] for t in batched] == [
+        [m.text for m in t.conversation.model_turns] for t in whole
+    ]
+    with pytest.raises(ValueError, match="max_batch"):
+        RolloutEngine(ScriptedBackend([ANSWER]), BUDGET).run(queries(), max_batch=-1)
+
+
 def test_async_driver_matches_lockstep(items) -> None:  # type: ignore[no-untyped-def]
     script = [GOOD, BAD, ANSWER]
     sync = run(script, items)
@@ -191,6 +213,47 @@ def test_multi_turn_cache_matches_reencode_and_batch_matches_single(tiny, items)
     for item, batched in zip(items, ids, strict=True):
         alone = hf_rollout(model, processor, [item], cache=True)[0]
         assert [t.token_ids for t in alone.conversation.model_turns] == batched
+
+
+class CropThenModel(TransformersBackend):
+    """Samples a scripted crop call (then ``<|im_end|>``) on the first turn, the model's own tokens after.
+
+    The scripted tokens go through the real decode loop and cache, so the second turn takes the
+    path a real tool call takes: the observation and its image are appended to the KV cache.
+    """
+
+    def __init__(self, *args, script: list[int], **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.script, self.calls, self.position = script, 0, 0
+
+    def generate(self, requests):  # type: ignore[no-untyped-def]
+        self.calls, self.position = self.calls + 1, 0
+        return super().generate(requests)
+
+    def _sample(self, logits, params):  # type: ignore[no-untyped-def]
+        tokens, logprobs = super()._sample(logits, params)
+        if self.calls == 1:
+            tokens = torch.full_like(tokens, self.script[self.position])
+            self.position += 1
+        return tokens, logprobs
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_turn_after_a_tool_result_continues_the_cache_on_the_model_device(tiny, items, device) -> None:  # type: ignore[no-untyped-def]
+    model, processor = tiny
+    model = copy.deepcopy(model).to(device)  # the session's fixture stays on the CPU
+    script = processor.tokenizer(GOOD, add_special_tokens=False)["input_ids"] + [processor.im_end_id]
+    images = [i for i in items if not i.is_video][:3]
+    turns = {}
+    for cache in (True, False):
+        backend = CropThenModel(model, processor, BUDGET, cache=cache, script=script)
+        params = SamplingParams(temperature=0.0, max_new_tokens=len(script) + 8)
+        engine = RolloutEngine(backend, BUDGET, first=params)
+        trajectories = engine.run([Query.from_item(i, BUDGET) for i in images])
+        assert all(t.n_calls == 1 and t.n_failed == 0 and t.n_turns == 2 for t in trajectories)
+        assert backend.calls == 2  # the second turn was generated after the crop
+        turns[cache] = [[t.token_ids for t in tr.conversation.model_turns] for tr in trajectories]
+    assert turns[True] == turns[False]
 
 
 def test_sampler_logprobs_match_the_learner(tiny, items) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -22,7 +23,7 @@ from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train import sft as sft_module
 from pixelreasoner.train.metrics import read_metrics
-from pixelreasoner.train.sft import SFTConfig, TraceDataset, initial_model, train_sft
+from pixelreasoner.train.sft import SFTConfig, TraceDataset, apply_freezing, initial_model, train_sft
 from pixelreasoner.train.tokens import nll_sum, shared_prefix_length
 from pixelreasoner.trajectory import ImagePart
 from pixelreasoner.vision.budget import tiny
@@ -292,3 +293,16 @@ def test_recipes_parse(recipe: str) -> None:
 def test_memory_and_precision_options_train(traces: Path, tmp_path: Path, changes: dict[str, object]) -> None:
     result = train_sft(config(traces, tmp_path / "run", max_steps=1, batch_size=4, **changes))
     assert result.steps == 1 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_freezing_is_set_both_ways(tiny) -> None:  # type: ignore[no-untyped-def]
+    model = copy.deepcopy(tiny[0])
+
+    def trains(part: str) -> set[bool]:
+        return {p.requires_grad for n, p in model.named_parameters() if part in n}
+
+    apply_freezing(model, freeze_vision=True, freeze_projector=False)
+    assert trains("visual.blocks") == {False} and trains("visual.merger") == {True}
+    apply_freezing(model, freeze_vision=False, freeze_projector=True)  # the next stage unfreezes
+    assert trains("visual.blocks") == {True} and trains("visual.merger") == {False}
+    assert trains("language_model") == {True}

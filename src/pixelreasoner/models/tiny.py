@@ -460,7 +460,9 @@ def build_tiny_model(
     processor = VLProcessor(tokenizer=tokenizer, image_processor=tiny_image_processor(sizes))
     config = tiny_config(sizes, tokenizer)
     target = torch.device(device)
-    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
+    # manual_seed seeds every CUDA device too: keep all their states, not only the target's.
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(seed)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)

@@ -169,21 +169,30 @@ class RolloutEngine:
         params = self.first if run.turns == 0 else self.later
         return TurnRequest(run.query.conversation, params, key=run.key)
 
-    def run(self, queries: Sequence[Query], progress: bool = False) -> list[Trajectory]:
-        """Lockstep driver: one batched ``generate`` per turn over all live trajectories."""
+    def run(self, queries: Sequence[Query], progress: bool = False, max_batch: int = 0) -> list[Trajectory]:
+        """Lockstep driver: one batched ``generate`` per turn over all live trajectories.
+
+        ``max_batch`` > 0 rolls the queries out in consecutive batches of at most that many
+        trajectories (in order), which bounds an in-process backend's KV cache and activations.
+        """
         backend = self.backend
         if not hasattr(backend, "generate"):
             raise TypeError("this backend is async-only; use run_async")
+        if max_batch < 0:
+            raise ValueError(f"max_batch must be >= 0 (0: all at once), got {max_batch}")
         runs = self._start(queries)
         bar = tqdm(total=len(runs), desc="rollouts", unit="traj", disable=not progress)
         bar.update(sum(r.done for r in runs))
-        while live := [r for r in runs if not r.done]:
-            results = backend.generate([self._request(r) for r in live])
-            for run, result in zip(live, results, strict=True):
-                run.accept(result, self.budget, self.limits)
-                if run.done:
-                    backend.release(run.key)  # type: ignore[union-attr]
-                    bar.update()
+        size = max_batch or max(len(runs), 1)
+        for start in range(0, len(runs), size):
+            batch = runs[start : start + size]
+            while live := [r for r in batch if not r.done]:
+                results = backend.generate([self._request(r) for r in live])
+                for run, result in zip(live, results, strict=True):
+                    run.accept(result, self.budget, self.limits)
+                    if run.done:
+                        backend.release(run.key)  # type: ignore[union-attr]
+                        bar.update()
         bar.close()
         return [r.trajectory for r in runs]
 

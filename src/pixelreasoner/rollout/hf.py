@@ -188,6 +188,7 @@ class TransformersBackend:
                 video_pixels.append(segment["video_pixels"])
                 video_grids += segment["video_grids"]
                 seconds += segment["seconds"]
+        new_mask = new_mask.to(self.device)  # the cached mask lives on the model's device
         mask = new_mask if self.mask is None else torch.cat([self.mask, new_mask], dim=1)
         kwargs: dict[str, Any] = {}
         if pixels:
@@ -211,7 +212,7 @@ class TransformersBackend:
             logits_to_keep=1,
             **kwargs,
         )
-        self.mask = mask.to(self.device)
+        self.mask = mask
         return out.logits[:, -1].float()
 
     def _sample(

@@ -97,6 +97,10 @@ class RLConfig(RunOptions):
     max_total_tokens: int = 12288
     max_calls: int = 4
     max_images: int = 16
+    rollout_batch: int = 0
+    """Trajectories rolled out together on each process (0: all of the phase's at once). Bounds
+    the in-process backend's KV cache, which at 7B takes 57 KB per token (28 layers x 2 x 4 KV
+    heads x 128 x 2 bytes): 512 trajectories of 5k tokens would need ~140 GB."""
 
     reward: RewardConfig = field(default_factory=RewardConfig)
     filter: Literal["none", "drop", "ssr"] = "ssr"
@@ -300,7 +304,7 @@ def train_rl(config: RLConfig) -> RLResult:
         queries = [
             Query.from_item(item, budget, config.mode) for item in mine for _ in range(config.group_size)
         ]
-        trajectories = engine.run(queries)
+        trajectories = engine.run(queries, max_batch=config.rollout_batch)
         model.train()
         metrics["time_rollout"] = time.perf_counter() - began
 

@@ -173,13 +173,14 @@ def initial_model(config: SFTConfig, conversations: Sequence[Conversation]) -> t
 
 
 def apply_freezing(model: torch.nn.Module, freeze_vision: bool, freeze_projector: bool) -> None:
-    """Freeze the vision blocks and/or the projector (``visual.merger``) of a Qwen2.5-VL."""
+    """Set which vision parameters of a Qwen2.5-VL train: the blocks unless ``freeze_vision``, the
+    projector (``visual.merger``) unless ``freeze_projector``. Both ways, so a model can be frozen
+    for one stage and unfrozen for the next; the language model's parameters are left as they are."""
     for name, param in model.named_parameters():
         if ".visual." not in f".{name}":
             continue
-        is_projector = ".merger." in name
-        if (is_projector and freeze_projector) or (not is_projector and freeze_vision):
-            param.requires_grad_(False)
+        frozen = freeze_projector if ".merger." in name else freeze_vision
+        param.requires_grad_(not frozen)
 
 
 def enable_checkpointing(model: Any) -> None:
