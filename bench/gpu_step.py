@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             sys.exit("--device cuda, but torch sees no CUDA GPU (--device cpu --shape tiny-1m: a smoke run)")
-        torch.cuda.set_device(device)
+        if device.index is not None:  # a bare 'cuda' means the current device
+            torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = pixel_budget(args.budget)

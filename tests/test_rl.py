@@ -165,7 +165,11 @@ def test_batched_logprobs_match_one_at_a_time_and_the_sampler(setup) -> None:  #
 
 
 def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    data, model = setup
+    # Two families, 2 queries per process: in some phase one process draws both tasks and the
+    # other one, and the per-task metrics must still pair up the same collectives (else: a hang).
+    _, model = setup
+    data = tmp_path / "mixed"
+    generate_dataset([make_family("needle"), make_family("frames")], 4, data, seed=3, progress=False)
     command = [
         sys.executable,
         "-m",
@@ -178,9 +182,10 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
         f"data={data}",
         f"model={model}",
         f"out_dir={tmp_path / 'two'}",
+        "seed=2",  # the first phase: one process draws frames only, the other frames and needle
         "steps=2",
-        "queries_per_step=2",
-        "group_size=4",
+        "queries_per_step=4",
+        "group_size=2",
         "max_turn_tokens=12",
         "train_batch_size=8",
         "micro_batch=4",
@@ -195,6 +200,9 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     logged = read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [r["step"] for r in logged] == [1, 2]
     assert all("train/reward" in r and "train/rapr" in r for r in logged)
+    drawn = {k for r in logged for k in r if k.startswith("train/rapr_")}
+    assert drawn == {"train/rapr_needle", "train/rapr_frames"}
+    assert all(0.0 <= r[k] <= 1.0 for r in logged for k in r if k.startswith("train/rapr_"))
     assert (tmp_path / "two" / "final" / "config.json").is_file()
 
 
@@ -204,8 +212,9 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
         ({"filter": "drop"}, "uniform_group_ratio"),
         ({"kl_coef": 0.1}, "kl"),
         ({"rollout_batch": 3}, "time_rollout"),
+        ({"gradient_checkpointing": True}, "grad_norm"),
     ],
-    ids=["drop-uniform-groups", "kl-to-reference", "rollouts-in-batches-of-3"],
+    ids=["drop-uniform-groups", "kl-to-reference", "rollouts-in-batches-of-3", "checkpointing"],
 )
 def test_filter_and_kl_variants_run(setup, tmp_path, monkeypatch, changes, key) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
@@ -222,3 +231,16 @@ def test_rl_recipes_parse(recipe: str) -> None:
 
     config = load_config(RLConfig, Path(__file__).resolve().parent.parent / recipe)
     assert config.group_size == 8 and config.reward.curiosity == "paper"
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_unsupported_distributed_setups_are_refused_with_the_reason(kind: str) -> None:
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from pixelreasoner.train.dist import check_supported
+
+    with pytest.raises(NotImplementedError, match=f"{'DeepSpeed' if kind == 'DEEPSPEED' else 'FSDP'} is not"):
+        check_supported(SimpleNamespace(distributed_type=DistributedType[kind]))  # type: ignore[arg-type]
+    check_supported(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # type: ignore[arg-type]

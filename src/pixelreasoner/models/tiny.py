@@ -450,8 +450,8 @@ def build_tiny_model(
 
     ``preset`` is a tiny preset (:data:`PRESETS`) or a published shape (:data:`FULL_SHAPES`), whose
     weights are then created directly on ``device`` in ``dtype``. Deterministic on CPU: the same
-    ``preset``, ``seed`` and ``extra_corpus`` give identical weights and tokenizer. The global
-    torch RNG is left untouched.
+    ``preset``, ``seed`` and ``extra_corpus`` give identical weights and tokenizer. The CPU RNG
+    (and the target GPU's) is left as it was; other GPUs' generators are reseeded.
     """
     sizes = _preset(preset)
     # The tokenizer never needs more than the tiny corpus fills; a published vocabulary size
@@ -460,9 +460,9 @@ def build_tiny_model(
     processor = VLProcessor(tokenizer=tokenizer, image_processor=tiny_image_processor(sizes))
     config = tiny_config(sizes, tokenizer)
     target = torch.device(device)
-    # manual_seed seeds every CUDA device too: keep all their states, not only the target's.
-    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=gpus):
+    # The CPU generator and the target GPU's are restored afterwards. Forking every GPU's would
+    # open a CUDA context on each (costly under DDP), so other GPUs' generators are reseeded.
+    with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
         torch.manual_seed(seed)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)

@@ -86,6 +86,10 @@ class TransformersBackend:
         self.mask: torch.Tensor | None = None  # [B, L] which cached positions are real
 
     # ------------------------------------------------------------------ bookkeeping
+    def reset(self) -> None:
+        """Drop every row and the KV cache (call after a rollout, before training on the GPU)."""
+        self.rows, self.cache, self.mask = [], None, None
+
     def release(self, key: int) -> None:
         for row in self.rows:
             if row.key == key:

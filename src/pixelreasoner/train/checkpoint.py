@@ -77,7 +77,9 @@ def save_checkpoint(
 
 def load_process_state(path: str | Path, rank: int) -> dict[str, Any]:
     """A process's own state saved with ``per_process`` (trusted: written by this code)."""
-    state: dict[str, Any] = torch.load(Path(path) / f"process_{rank}.pt", weights_only=False)
+    state: dict[str, Any] = torch.load(
+        Path(path) / f"process_{rank}.pt", weights_only=False, map_location="cpu"
+    )
     return state
 
 

@@ -13,6 +13,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+
+UNSUPPORTED = {
+    DistributedType.DEEPSPEED: (
+        "DeepSpeed is not supported yet: the training loops accumulate micro-batches and step the "
+        "optimizer themselves, while DeepSpeed's engine steps on every backward, needs a "
+        "DataLoader in prepare() for its batch size, and (ZeRO-3) gathers parameters in every "
+        "forward, which the per-process rollouts would call a different number of times"
+    ),
+    DistributedType.FSDP: (
+        "FSDP is not supported yet: rollouts call the unwrapped model, whose parameters FSDP has "
+        "sharded, and the final save gathers the state dict on one process only"
+    ),
+}
 
 
 def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
@@ -24,7 +38,23 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Ac
     # another (the quickstart does) with different precision, so start each from a clean state.
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
+    check_supported(accelerator)
+    return accelerator
+
+
+def check_supported(accelerator: Accelerator) -> None:
+    """Refuse distributed set-ups the training loops do not handle (found by reading; no GPU here).
+
+    Supported: one process, or DDP over GPUs or CPU processes (``accelerate launch`` with
+    ``multi_gpu``/``multi_cpu``, or ``torchrun``).
+    """
+    reason = UNSUPPORTED.get(accelerator.distributed_type)
+    if reason is not None:
+        raise NotImplementedError(
+            f"{reason}. Launch with DDP instead (accelerate's multi_gpu, or torchrun); see the "
+            "README's 'Reproducing the paper on GPUs'."
+        )
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:

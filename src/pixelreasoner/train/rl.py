@@ -63,7 +63,7 @@ from pixelreasoner.train.checkpoint import (
 from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
-from pixelreasoner.train.sft import EpochOrder, apply_freezing, cosine_schedule
+from pixelreasoner.train.sft import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
 from pixelreasoner.train.tokens import selected_logits
 from pixelreasoner.trajectory import Trajectory
 from pixelreasoner.vision.budget import pixel_budget
@@ -131,6 +131,9 @@ class RLConfig(RunOptions):
     max_grad_norm: float = 1.0
     freeze_vision: bool = False
     """The release trains the vision tower in RL."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the update's backward pass (rollouts, in eval mode, are unaffected);
+    the shared-prefix forward turns itself off under it."""
     log_every: int = 1
 
 
@@ -219,9 +222,12 @@ def train_rl(config: RLConfig) -> RLResult:
     items = loaded.items
     if len(items) < config.queries_per_step:
         raise ValueError(f"{len(items)} usable queries cannot fill a step of {config.queries_per_step}")
+    task_names = sorted({task_for(item).name for item in items})
     budget = pixel_budget(config.budget)
     model, processor = load_model(resume_from or config.model, dtype=torch.float32)
     apply_freezing(model, config.freeze_vision, freeze_projector=False)
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
     reference = None
     if config.kl_coef > 0:
         reference, _ = load_model(config.model, dtype=torch.float32, device=str(accelerator.device))
@@ -305,6 +311,7 @@ def train_rl(config: RLConfig) -> RLResult:
             Query.from_item(item, budget, config.mode) for item in mine for _ in range(config.group_size)
         ]
         trajectories = engine.run(queries, max_batch=config.rollout_batch)
+        backend.reset()  # the last batch's KV cache must not sit in memory through the update
         model.train()
         metrics["time_rollout"] = time.perf_counter() - began
 
@@ -346,11 +353,12 @@ def train_rl(config: RLConfig) -> RLResult:
                         sample.old_logprobs = _sampler_logprobs(sample)
                 else:
                     logprobs, _, counts = scorer.logprobs(policy, chunk, accelerator.device)
-                    for sample, piece in zip(chunk, torch.split(logprobs, counts), strict=True):
+                    # kept on the CPU: replays hold them across phases and checkpoints save them
+                    for sample, piece in zip(chunk, torch.split(logprobs.cpu(), counts), strict=True):
                         sample.old_logprobs = piece
                 if reference is not None:
                     reference_lp, _, counts = scorer.logprobs(reference, chunk, accelerator.device)
-                    for sample, piece in zip(chunk, torch.split(reference_lp, counts), strict=True):
+                    for sample, piece in zip(chunk, torch.split(reference_lp.cpu(), counts), strict=True):
                         sample.ref_logprobs = piece
         metrics["time_logprob"] = time.perf_counter() - began
 
@@ -454,10 +462,14 @@ def train_rl(config: RLConfig) -> RLResult:
         metrics["tool_error_rate"] = summed["failed_ops"] / max(summed["ops"], 1)
         metrics["uniform_group_ratio"] = summed["uniform_groups"] / max(summed["groups"], 1)
         metrics["trained_samples"] = summed["trained_samples"]
-        for task, uses in per_task.items():
-            metrics[f"rapr_{task}"] = sum_across(accelerator, sum(uses)) / max(
-                sum_across(accelerator, len(uses)), 1
-            )
+        # Every process reduces the same tasks in the same order (all of the query set's), also
+        # those it drew none of this phase: a process-local list would pair up different
+        # collectives across processes and hang.
+        for task in task_names:
+            uses = per_task.get(task, [])
+            total = sum_across(accelerator, len(uses))
+            if total:
+                metrics[f"rapr_{task}"] = sum_across(accelerator, sum(uses)) / total
         for key, values in stats.items():
             metrics[key] = float(np.mean(values)) if values else 0.0
         metrics["lr"] = float(scheduler.get_last_lr()[0])
