@@ -2,7 +2,7 @@
 
 ``OUT/checkpoints/step-000120/`` holds the model and processor in ``save_pretrained`` format
 (loadable by ``load_model`` and plain transformers), accelerate's training state (optimizer,
-scheduler, every process's RNG states; works for DDP, FSDP and DeepSpeed), and
+scheduler, every process's RNG states, as accelerate saves them), and
 ``trainer_state.json`` (step, data position, the stage's own state). Each checkpoint is
 written to ``step-000120.tmp`` and renamed when complete, so a run killed mid-save leaves the
 previous checkpoint intact; a leftover ``.tmp`` directory is ignored and replaced.
