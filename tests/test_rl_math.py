@@ -162,3 +162,12 @@ def test_entropy_and_schedule() -> None:
     assert cosine_schedule(0, 100, 3, 0.5) == pytest.approx(1 / 3)
     assert cosine_schedule(3, 100, 3, 0.5) == pytest.approx(1.0)
     assert cosine_schedule(100, 100, 3, 0.5) == pytest.approx(0.5)
+
+
+def test_token_entropy_in_chunks_equals_the_whole() -> None:
+    logits = torch.randn(37, 50, generator=torch.Generator().manual_seed(0)) * 3
+    logp = torch.log_softmax(logits, dim=-1)
+    whole = -(logp.exp() * logp).sum(-1)
+    for rows in (1, 5, 37, 100):
+        assert torch.allclose(token_entropy(logits, rows_per_chunk=rows), whole, atol=1e-6)
+    assert token_entropy(torch.zeros(0, 50)).shape == (0,)
