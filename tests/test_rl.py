@@ -142,15 +142,17 @@ def test_resume_matches_an_uninterrupted_run(setup, tmp_path, monkeypatch) -> No
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-6
 
 
-def test_batched_logprobs_match_one_at_a_time_and_the_sampler(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("temperature", [1.0, 0.9])
+def test_batched_logprobs_match_one_at_a_time_and_the_sampler(setup, temperature) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the sampler stored log-probs of the temperature-scaled distribution (0.9 after
+    a tool result) while the learner scored at temperature 1, so with ``old_logprobs: sampler``
+    the PPO ratio was not 1 at the first update and the clip was biased. Both now score the
+    model's temperature-1 distribution, whatever temperature and top-k/top-p drew the tokens."""
     data, model_dir = setup
     model, processor = load_model(model_dir, dtype=torch.float32)
     items = read_items(data).items[:3]
-    engine = RolloutEngine(
-        TransformersBackend(model, processor, BUDGET, seed=3),
-        BUDGET,
-        first=SamplingParams(temperature=1.0, max_new_tokens=20),
-    )
+    params = SamplingParams(temperature=temperature, top_p=0.95, top_k=40, max_new_tokens=20)
+    engine = RolloutEngine(TransformersBackend(model, processor, BUDGET, seed=3), BUDGET, first=params)
     trajectories = engine.run([Query.from_item(i, BUDGET) for i in items for _ in range(2)])
     samples = [Sample(t, 0.0) for t in trajectories]
     scorer = Scorer(Renderer(processor, BUDGET))

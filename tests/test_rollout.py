@@ -56,7 +56,7 @@ def run(script, items, limits=None, queries=None):  # type: ignore[no-untyped-de
         ([BAD, ANSWER], "answer", 1, 1, True),  # unrepaired: the last call failed
         ([BAD, GOOD, ANSWER], "answer", 2, 1, False),  # repaired by a later success
         ([GOOD, BAD, ANSWER], "answer", 2, 1, True),
-        ([GOOD] * 6, "max_calls", 4, 0, False),  # the 5th call ends it unanswered
+        ([GOOD] * 6, "max_calls", 5, 1, False),  # the 5th call ends it unanswered, counted as failed
         ([TurnResult(text="rambling", finish="length")], "truncated", 0, 0, False),
         ([TurnResult(text="", finish="stop", error="server down")], "backend_error", 0, 0, False),
     ],
@@ -89,6 +89,39 @@ def test_image_and_token_limits(items) -> None:  # type: ignore[no-untyped-def]
     assert run([GOOD] * 5, items[:1], RolloutLimits(max_images=2))[0].finish_reason == "max_images"
     huge = TurnResult(text=GOOD, finish="stop", prompt_tokens=20_000)
     assert run([huge], items[:1])[0].finish_reason == "max_tokens"
+
+
+@pytest.mark.parametrize(
+    ("script", "limits", "reason"),
+    [
+        ([GOOD] * 6, RolloutLimits(), "max_calls"),
+        ([TurnResult(text=GOOD, finish="stop", prompt_tokens=20_000)], RolloutLimits(), "max_tokens"),
+    ],
+    ids=["call-limit", "token-budget"],
+)
+def test_a_call_stopped_by_a_limit_counts_as_an_operation(items, script, limits, reason) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a tool call cut off by the call limit or the token budget was not counted, while
+    the release counts it (``ncall``) and so puts it into RaPR, the curiosity bonus and the
+    penalty; a first-turn call stopped by the token budget made a rollout count as tool-free."""
+    trajectory = run(script, items[:1], limits)[0]
+    executed = sum(t.kind.value == "observation" for t in trajectory.conversation.turns)
+    assert trajectory.finish_reason == reason
+    assert trajectory.n_calls == executed + 1 and trajectory.n_failed == 1
+    assert trajectory.uses_tools
+
+
+def test_an_input_too_elongated_for_the_model_is_bad_input(items, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: an image with aspect ratio > 200 raised ``AspectRatioError`` out of
+    ``Query.from_item`` and took down RL and eval; it is now a ``bad_input`` naming the file."""
+    from PIL import Image
+
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (4020, 20), "white").save(thin)
+    bad = TaskItem(qid="needle-thin", question="Q?", answer="A", images=[str(thin)])
+    trajectories = run([ANSWER], [bad, items[0]])
+    assert trajectories[0].finish_reason == "bad_input"
+    assert "thin.png" in (trajectories[0].error or "") and "aspect ratio" in (trajectories[0].error or "")
+    assert trajectories[1].finish_reason == "answer"
 
 
 def test_bad_input_ends_only_that_trajectory(items, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -163,7 +196,7 @@ def test_engine_survives_arbitrary_model_output(items, turns) -> None:  # type: 
     trajectories = run(turns, [items[0], items[-1]])
     for t in trajectories:
         assert t.finish_reason in ("answer", "max_calls", "max_images", "max_tokens", "truncated")
-        assert t.n_failed <= t.n_calls <= 4 and t.n_turns >= 1
+        assert t.n_failed <= t.n_calls <= 5 and t.n_turns >= 1
 
 
 # ---------------------------------------------------------------------------------- transformers backend

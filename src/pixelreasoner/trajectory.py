@@ -215,8 +215,9 @@ FinishReason = Literal[
 class Trajectory:
     """One rollout: the conversation (with sampled ids and log-probs on model turns) and its counts.
 
-    - ``n_calls``: tool calls executed (an erroring call counts); a call past the limit is not;
-    - ``n_failed``: executed calls that returned an error observation;
+    - ``n_calls``: tool calls the model made: executed ones (an erroring call counts) and, as the
+      release counts them, a last call that the call or token limit stopped unexecuted;
+    - ``n_failed``: calls that returned an error observation, or that a limit stopped;
     - ``final_error``: the last executed call failed and no later call succeeded (the
       "unrepaired final tool error" of the reward);
     - ``finish_reason``: ``answer`` (a turn without a tool call), ``max_calls`` (a call past the

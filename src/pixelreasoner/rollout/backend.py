@@ -58,7 +58,8 @@ class TurnResult:
 
     ``text`` excludes the end-of-turn token. ``token_ids`` are the sampled ids including the
     end-of-turn token when the turn ended with it; ``logprobs`` are the sampler's log-probs of
-    those ids (log-softmax of the temperature-scaled logits, before top-p/top-k truncation).
+    those ids under the model's own distribution (log-softmax at temperature 1, before top-p/top-k
+    truncation: what the learner scores; see ``TransformersBackend._sample``).
     Backends that cannot give ids (most HTTP servers) leave them ``None``.
     """
 

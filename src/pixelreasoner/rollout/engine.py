@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from PIL import Image
 from tqdm import tqdm
 
 from pixelreasoner.data.items import TaskItem
@@ -26,7 +27,7 @@ from pixelreasoner.protocol.prompts import PromptMode
 from pixelreasoner.protocol.turns import execute_call, parse_turn
 from pixelreasoner.rollout.backend import Backend, SamplingParams, TurnRequest, TurnResult
 from pixelreasoner.trajectory import Conversation, FinishReason, ImagePart, Trajectory, VideoPart
-from pixelreasoner.vision.budget import PixelBudget
+from pixelreasoner.vision.budget import AspectRatioError, PixelBudget, PixelRange
 from pixelreasoner.vision.images import ImageLoadError, load_frames, load_image
 from pixelreasoner.vision.ops import VisualContext
 
@@ -53,15 +54,21 @@ class Query:
 
     @classmethod
     def from_item(cls, item: TaskItem, budget: PixelBudget, mode: PromptMode = "vcot") -> Query:
-        """Load an item's images; a broken image gives a query that reports it instead of raising."""
+        """Load an item's images; a broken image gives a query that reports it instead of raising.
+
+        Broken means: unreadable (:class:`ImageLoadError`), or a shape the model cannot take in
+        (an aspect ratio above 200, which ``smart_resize`` refuses), named with its file.
+        """
         try:
             if item.is_video:
                 frames = load_frames(item.images, max_pixels=budget.max_decode_pixels)
+                _check_shapes(item.images, frames, budget.video, budget.factor)
                 context = VisualContext.for_query(video=frames, budget=budget)
                 video = VideoPart(frames=tuple(frames))
                 conversation = Conversation.from_question(item.question, video=video, mode=mode)
             else:
                 images = [load_image(p, max_pixels=budget.max_decode_pixels) for p in item.images]
+                _check_shapes(item.images, images, budget.inputs, budget.factor)
                 context = VisualContext.for_query(images, budget=budget)
                 conversation = Conversation.from_question(
                     item.question, [ImagePart(image=i) for i in images], mode=mode
@@ -71,6 +78,17 @@ class Query:
                 Conversation.from_question(item.question, mode=mode), VisualContext(), item.qid, str(exc)
             )
         return cls(conversation, context, item.qid)
+
+
+def _check_shapes(
+    paths: Sequence[str], images: Sequence[Image.Image], limits: PixelRange, factor: int
+) -> None:
+    """Raise :class:`ImageLoadError` naming the first image that cannot be resized into ``limits``."""
+    for path, image in zip(paths, images, strict=False):
+        try:
+            limits.target_size(image.width, image.height, factor)
+        except AspectRatioError as exc:
+            raise ImageLoadError(str(path), f"{image.width}x{image.height} image: {exc}") from exc
 
 
 @dataclass
@@ -112,11 +130,19 @@ class _Run:
         if turn.call is None:
             self.finish("answer")
             return
-        if traj.n_calls >= limits.max_calls:
-            self.finish("max_calls")
-            return
-        if result.prompt_tokens + generated > limits.max_total_tokens:
-            self.finish("max_tokens")
+        cut_off = (
+            "max_calls"
+            if traj.n_calls >= limits.max_calls
+            else "max_tokens"
+            if result.prompt_tokens + generated > limits.max_total_tokens
+            else None
+        )
+        if cut_off is not None:
+            # The release counts a call that a limit stops as an operation (its `ncall`) and as a
+            # failed one (`ntoolfail`): it enters RaPR, the bonus and the penalty.
+            traj.n_calls += 1
+            traj.n_failed += 1
+            self.finish(cut_off)
             return
         observation = execute_call(turn.call, self.query.context, budget)
         traj.n_calls += 1

@@ -224,15 +224,20 @@ class TransformersBackend:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Next tokens ``[B]`` and their log-probs.
 
-        The log-probs are those of the model's temperature-scaled distribution over the whole
-        vocabulary, i.e. what the learner computes for the same weights (PPO's old log-probs);
-        the token itself is drawn with vision tokens suppressed, which moves no mass once the
-        model has learned never to emit them.
+        The log-probs are those of the model's own distribution (temperature 1, whole
+        vocabulary), whatever temperature, top-k and top-p the token was drawn with. That is
+        the distribution the learner scores and trains (and the one evaluated greedily and
+        saved), so ``old_logprobs: sampler`` and ``recompute`` give the same PPO ratio, 1 at the
+        first update, as in the release, whose learner scores at temperature 1 too. Temperature
+        and filtering are a sampling device, not part of the policy being optimised; storing the
+        tempered log-probs instead made the first ratio exp((1 − 1/T)·logit gap) ≠ 1 after a
+        tool result (T = 0.9) and biased the clip. Vision tokens are suppressed for the draw,
+        which moves no mass once the model has learned never to emit them.
         """
         temperature = torch.tensor(
             [p.temperature if not p.greedy else 1.0 for p in params], device=logits.device
         )
-        logprobs = torch.log_softmax(logits / temperature[:, None], dim=-1)
+        logprobs = torch.log_softmax(logits, dim=-1)
         logits = logits.clone()
         logits[:, self.suppress] = float("-inf")
         scaled = logits / temperature[:, None]

@@ -119,6 +119,8 @@ class RLConfig(RunOptions):
     kl_coef: float = 0.0
     """KL (k3) to the starting policy; 0 as released (no reference model is loaded then)."""
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    """PPO's old log-probs: recomputed by the learner, or the in-process sampler's. Both are the
+    model's temperature-1 log-probs of the sampled ids (the policy being trained), equal in fp32."""
     micro_batch: int = 16
     """Sequences per forward pass in the log-prob and update passes (the release was limited to 1)."""
 
