@@ -10,7 +10,10 @@ Rules chosen for ambiguous cases (see the module docstrings):
 - percent: parse_number keeps the number shown (45% → 45.0); a percent on one side matches
   both its fraction (0.45) and its bare number (45);
 - multi-span: a gold is split on commas, semicolons, "&" and "and"; the prediction must hold the
-  same set of parts in any order; bracketed tuples such as "(1, 2)" keep their order.
+  same set of parts in any order; bracketed tuples such as "(1, 2)" keep their order;
+- LaTeX spellings the released checker (math_verify) treats as equal are equal here too:
+  ``x^{2}``/``x^2``, ``\{1,2\}``/``{1,2}``, ``\boxed{{5}}``/``5``, ``\boxed 5`` (one token),
+  ``\varnothing``/``\emptyset``.
 """
 
 from __future__ import annotations
@@ -374,3 +377,58 @@ LEVENSHTEIN_ROWS = [
 def test_levenshtein(a: str, b: str, expected: int) -> None:
     assert levenshtein(a, b) == expected
     assert levenshtein(b, a) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# LaTeX spellings the released checker accepts (it normalizes through math_verify)
+# ---------------------------------------------------------------------------------------------
+
+LATEX_EQUIVALENCE_ROWS = [
+    P(r"\boxed{x^{2}}", "x^2", (True, "x^{2}"), id="braced-superscript"),
+    P(r"\boxed{x^2}", "x^{2}", (True, "x^2"), id="braced-superscript-gold"),
+    P(r"\boxed{a_{1}+a_{2}}", "a_1+a_2", (True, "a_{1}+a_{2}"), id="braced-subscripts"),
+    P(r"\boxed{\{1,2\}}", "{1,2}", (True, r"\{1,2\}"), id="escaped-set-braces"),
+    P(r"\boxed{\left\{1, 2\right\}}", "{1,2}", (True, r"\left\{1, 2\right\}"), id="left-right-set"),
+    P(r"\boxed{{1,2}}", r"\{1, 2\}", (True, "{1,2}"), id="set-in-group-braces"),
+    P(r"\boxed{{5}}", "5", (True, "{5}"), id="doubled-box-braces"),
+    P(r"\boxed{{{B}}}", "B", (True, "{{B}}"), id="tripled-box-braces-letter"),
+    P(r"So the answer is \boxed 5", "5", (True, "5"), id="unbraced-box"),
+    P(r"So the answer is $\boxed 5$.", "5", (True, "5"), id="unbraced-box-in-math"),
+    P(r"\boxed{3}? No: \boxed 4.", "4", (True, "4"), id="unbraced-box-last"),
+    P(r"\boxed\frac{1}{2}", "0.5", (True, r"\frac{1}{2}"), id="unbraced-box-command"),
+    P(r"\boxed{\emptyset}", r"\varnothing", (True, r"\emptyset"), id="emptyset-vs-varnothing"),
+    P(r"\boxed{\varnothing}", r"\emptyset", (True, r"\varnothing"), id="varnothing-vs-emptyset"),
+    P(r"\boxed{∅}", r"\emptyset", (True, "∅"), id="unicode-empty-set"),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "expected"), LATEX_EQUIVALENCE_ROWS)
+def test_latex_equivalences_of_released_checker(
+    response: str, gold: str, expected: tuple[bool, str | None]
+) -> None:
+    r"""What broke: the released checker (math_verify) accepts these spellings, we scored them
+    wrong — braces around a one-character super/subscript (``x^{2}`` vs ``x^2``), escaped set
+    braces (``\{1,2\}`` vs ``{1,2}``), redundant group braces in a box (``\boxed{{5}}``), a box
+    without braces (``\boxed 5``, not extracted at all) and ``\varnothing`` vs ``\emptyset``."""
+    assert score_response(response, gold) == expected
+
+
+LATEX_DIFFERENT_ROWS = [
+    P(r"\boxed{x^{3}}", "x^2", id="different-exponent"),
+    P(r"\boxed{x^{10}}", "x^1", id="multi-character-exponent-kept"),
+    P(r"\boxed{x_{2}}", "x^2", id="subscript-is-not-superscript"),
+    P(r"\boxed{\{1,2\}}", "{1,3}", id="different-set"),
+    P(r"\boxed{{1,2}}", "{1,3}", id="different-set-in-group-braces"),
+    P(r"\boxed{{5}}", "6", id="doubled-braces-wrong-number"),
+    P(r"\boxed 5", "6", id="unbraced-box-wrong-number"),
+    P(r"\boxed 5 apples and 7 pears", "7", id="unbraced-box-is-one-token"),
+    P(r"\boxedfoo 5", "5", id="longer-command-is-not-a-box"),
+    P(r"\boxed \emptyset", r"\{0\}", id="empty-set-vs-set-of-zero"),
+    P(r"\boxed{\varnothing}", "0", id="empty-set-is-not-zero"),
+]
+
+
+@pytest.mark.parametrize(("response", "gold"), LATEX_DIFFERENT_ROWS)
+def test_latex_spellings_that_still_differ(response: str, gold: str) -> None:
+    """The LaTeX equivalences above must not make different answers equal."""
+    assert score_response(response, gold)[0] is False

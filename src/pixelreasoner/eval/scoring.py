@@ -18,9 +18,24 @@ True
 >>> score_answer("1", "1, 2"), score_answer("2 and 1", "1, 2")
 (False, True)
 
+The released checker (``handle_boxed``/``do_verify`` in the release's
+``curiosity_driven_rl/openrlhf/trainer/ppo_utils/experience_maker.py``) hands the text from the
+last "boxed" onwards to math_verify. Its LaTeX equivalences are kept: ``x^{2}`` is ``x^2``,
+``\{1,2\}`` is ``{1,2}``, ``\boxed{{5}}`` is 5, ``\boxed 5`` is a box, and ``\varnothing`` and
+``∅`` are ``\emptyset``.
+
 Defects of the released checker that are not repeated here (SPEC §5): it parsed the whole
 response when there was no box; its choice-letter branch never ran; it stripped unit names
 inside words ("percentage" became "age"); a multi-span gold such as "1, 2" accepted any answer.
+
+Other deliberate differences from the released checker:
+
+- the words zero to twenty are numbers ("three" is 3); the release never reads number words;
+- a percent on one side also matches its bare number (45% and 45) for any gold; the release
+  added the bare number only for a gold given as a list;
+- a last box that never closes holds no answer; the release read on to the end of the response;
+- a box without braces holds one token (``\boxed 5 apples and 7 pears`` is 5); the release read
+  on to the end and could take a later number (7).
 """
 
 from __future__ import annotations
@@ -57,31 +72,19 @@ _NUMBER_WORDS = {word: float(value) for value, word in enumerate(_NUMBER_NAMES)}
 # Box extraction
 # ---------------------------------------------------------------------------------------------
 
-_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# "\boxed" or "\fbox" as a whole command word ("\boxedfoo" is another command), then its argument.
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+# Sentence punctuation after an unbraced argument ("\boxed 5." or "\boxed 5, so ...").
+_TRAILING_PUNCT = ".,;:!?"
 
 
-def extract_boxed(text: str) -> str | None:
-    r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``) in ``text``.
-
-    Braces nest; ``\{`` and ``\}`` are literal. ``None`` when there is no box or the last one
-    is never closed. Pass only the model's generated text: the prompt contains ``\boxed{}``.
-
-    >>> extract_boxed(r"so \boxed{3} ... no, \boxed{\frac{1}{2}}.")
-    '\\frac{1}{2}'
-    >>> extract_boxed(r"\boxed {B}"), extract_boxed(r"\fbox{7}"), extract_boxed(r"\boxed{}")
-    ('B', '7', '')
-    >>> extract_boxed("no box here") is None, extract_boxed(r"\boxed{1} \boxed{2") is None
-    (True, True)
-    """
-    opens = list(_BOX_OPEN.finditer(text))
-    if not opens:
-        return None
-    start = opens[-1].end()
-    depth = 1
+def _braced_group(text: str, start: int) -> int | None:
+    """The index of the ``}`` closing the ``{`` at ``text[start]``; ``\\{``/``\\}`` are literal."""
+    depth = 0
     i = start
     while i < len(text):
         char = text[i]
-        if char == "\\":  # an escaped character (\{, \}, \\) never opens or closes the box
+        if char == "\\":  # an escaped character (\{, \}, \\) never opens or closes a group
             i += 2
             continue
         if char == "{":
@@ -89,9 +92,57 @@ def extract_boxed(text: str) -> str | None:
         elif char == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i]
+                return i
         i += 1
     return None
+
+
+def _unbraced_argument(text: str, start: int) -> str | None:
+    r"""The argument of a box written without braces (``\boxed 5``): one token, up to a space,
+    ``$`` or an unmatched ``}`` outside braces, so ``\boxed\frac{1}{2}`` keeps its fraction
+    whole. Trailing sentence punctuation is dropped; ``None`` when nothing is left or a brace
+    never closes."""
+    i = start
+    while i < len(text) and not text[i].isspace() and text[i] not in "$}":
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == "{":
+            close = _braced_group(text, i)
+            if close is None:
+                return None
+            i = close + 1
+        else:
+            i += 1
+    return text[start:i].rstrip(_TRAILING_PUNCT) or None
+
+
+def extract_boxed(text: str) -> str | None:
+    r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``) in ``text``.
+
+    Braces nest; ``\{`` and ``\}`` are literal. A box written without braces takes one token,
+    as LaTeX does, but a whole number or command: ``\boxed 12.`` gives ``12`` and
+    ``\boxed\frac{1}{2}`` gives ``\frac{1}{2}``. ``None`` when there is no box, or the last
+    one is never closed or holds nothing but punctuation. Redundant braces
+    (``\boxed{{5}}``) are kept here and dropped by :func:`normalize`. Pass only the model's
+    generated text: the prompt contains ``\boxed{}``.
+
+    >>> extract_boxed(r"so \boxed{3} ... no, \boxed{\frac{1}{2}}.")
+    '\\frac{1}{2}'
+    >>> extract_boxed(r"\boxed {B}"), extract_boxed(r"\fbox{7}"), extract_boxed(r"\boxed{}")
+    ('B', '7', '')
+    >>> extract_boxed(r"the answer is $\boxed 12$."), extract_boxed(r"\boxed{{5}}")
+    ('12', '{5}')
+    >>> extract_boxed("no box here") is None, extract_boxed(r"\boxed{1} \boxed{2") is None
+    (True, True)
+    """
+    commands = list(_BOX_COMMAND.finditer(text))
+    if not commands:
+        return None
+    start = commands[-1].end()
+    if text[start : start + 1] != "{":
+        return _unbraced_argument(text, start)
+    close = _braced_group(text, start)
+    return None if close is None else text[start + 1 : close]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +158,28 @@ _LEFT_RIGHT = re.compile(r"\\(?:left|right)\b")
 _THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!\d|,\d)")
 _PERCENT = re.compile(r"(?<=\d)\s*(?:%|percent\b)")
 _COMMA = re.compile(r"\s*,\s*")
+# x^{2} is x^2 and a_{1} is a_1; only a one-character script, since x^10 is x^1 followed by 0.
+_ONE_CHAR_SCRIPT = re.compile(r"([\^_])\s*\{\s*([A-Za-z0-9])\s*\}")
+_EMPTY_SET = re.compile(r"\\(?:varnothing|emptyset)(?![A-Za-z])|\u2205")
+_NESTING = {"{": 1, "(": 1, "[": 1, "}": -1, ")": -1, "]": -1}
+
+
+def _has_top_level_list(s: str) -> bool:
+    """Whether ``s`` has a comma or semicolon outside any brackets (escapes skipped)."""
+    depth = 0
+    for char in re.sub(r"\\.", "", s):
+        depth += _NESTING.get(char, 0)
+        if depth == 0 and char in ",;":
+            return True
+    return False
+
+
+def _strip_group_braces(s: str) -> str:
+    r"""``s`` without LaTeX grouping braces around all of it: ``{{5}}`` is ``5``. Braces around
+    a list stay: ``{1,2}`` is the set ``\{1,2\}`` (and :func:`normalize` writes it so)."""
+    while s.startswith("{") and _braced_group(s, 0) == len(s) - 1 and not _has_top_level_list(s[1:-1]):
+        s = s[1:-1].strip()
+    return s
 
 
 def normalize(text: str) -> str:
@@ -115,7 +188,11 @@ def normalize(text: str) -> str:
     Lowercase, strip, drop surrounding ``$``/``\(...\)``/``\[...\]``, unwrap ``\text{}`` and
     ``\mathrm{}``, collapse whitespace, drop a trailing period, remove thousands separators
     (only 3-digit groups), write ``\%``, ``45 %`` and ``45 percent`` as ``45%``, and put one
-    space after each comma. Unit names are never touched, so words stay whole.
+    space after each comma. LaTeX spellings of one thing become one: braces around a
+    one-character script go (``x^{2}`` is ``x^2``; ``x^{10}`` stays, as ``x^10`` is ``x^1 0``),
+    grouping braces around the whole answer go (``{{5}}`` is ``5``), a list in plain braces is
+    the set ``\{...\}``, and ``\varnothing`` and ``∅`` are ``\emptyset``. Unit names are never
+    touched, so words stay whole. Normalizing twice changes nothing.
 
     >>> normalize(r"  $\text{The  Red Car}$. ")
     'the red car'
@@ -123,18 +200,25 @@ def normalize(text: str) -> str:
     ('1234567', '1, 23', '45%', '(1, 2)')
     >>> normalize("Percentage"), normalize("income")
     ('percentage', 'income')
+    >>> print(normalize("x^{2}"), normalize("{{5}}"), normalize("{1,2}"), normalize(r"\varnothing"))
+    x^2 5 \{1, 2\} \emptyset
     """
     s = _LATEX_SPACE.sub(" ", text)
     s = _LEFT_RIGHT.sub("", s)
     unwrapped = None
     while unwrapped != s:  # innermost wrappers first, so \text{\textbf{x}} unwraps fully
         unwrapped, s = s, _WRAPPER.sub(r"\1", s)
+    s = _ONE_CHAR_SCRIPT.sub(r"\1\2", s)
+    s = _EMPTY_SET.sub(r"\\emptyset", s)
     s = s.replace("\\%", "%").replace("\\$", "$").replace("\u2212", "-").lower()
     s = s.strip().rstrip(".").strip()
     s = s.strip("$").strip()
     for left, right in (("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right):
-            s = s[len(left) : -len(right)]
+            s = s[len(left) : -len(right)].strip()
+    s = _strip_group_braces(s)
+    if s.startswith("{") and _braced_group(s, 0) == len(s) - 1:  # a list in plain braces: a set
+        s = f"\\{{{s[1:-1]}\\}}"
     s = " ".join(s.split()).rstrip(".").rstrip()
     s = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
     s = _PERCENT.sub("%", s)
@@ -356,7 +440,8 @@ _SPAN_SEP = re.compile(r"\s*(?:,|;|&|\band\b)\s*")
 
 def _spans(s: str) -> list[str]:
     """The parts of a normalized answer; a bracketed tuple/interval/set stays whole (ordered)."""
-    if s[:1] in "([{" and s[-1:] in ")]}":
+    bracketed = s[:1] in "([{" and s[-1:] in ")]}"
+    if bracketed or (s.startswith("\\{") and s.endswith("\\}")):
         return [s]
     return list(dict.fromkeys(part for part in _SPAN_SEP.split(s) if part))
 
