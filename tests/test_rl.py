@@ -31,6 +31,7 @@ from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train import rl as rl_module
+from pixelreasoner.train import rl_steps
 from pixelreasoner.train.metrics import read_metrics
 from pixelreasoner.train.rl import RLConfig, Sample, Scorer, train_rl
 from pixelreasoner.vision.budget import tiny
@@ -79,7 +80,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_rl_updates_every_trainable_parameter(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    monkeypatch.setattr(rl_steps, "rollout_facts", hashed_facts)
     result = train_rl(config(setup, tmp_path / "run", filter="none"))
     assert result.steps == 2 and all(
         torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history
@@ -110,7 +111,7 @@ def test_rl_updates_every_trainable_parameter(setup, tmp_path, monkeypatch) -> N
 def test_replays_keep_the_log_probs_of_the_policy_that_sampled_them(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Old log-probs are computed once per sample, when it is fresh; replays reuse them, so
     PPO's clip bounds how far repeated replays move a sample."""
-    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    monkeypatch.setattr(rl_steps, "rollout_facts", hashed_facts)
     scored_old: list[Sample] = []  # the objects themselves, so ids are never reused
     updated: list[Sample] = []
     original = Scorer.logprobs
@@ -121,15 +122,17 @@ def test_replays_keep_the_log_probs_of_the_policy_that_sampled_them(setup, tmp_p
 
     monkeypatch.setattr(Scorer, "logprobs", spy)
     train_rl(config(setup, tmp_path / "run", steps=3, filter="ssr"))
-    old_ids = [id(s) for s in scored_old]
+    # A replayed sample is a compact copy of the fresh one (for_replay) that shares its old
+    # log-probs tensor: the tensor's identity follows a sample through the buffer.
+    old_ids = [id(s.old_logprobs) for s in scored_old]
     assert len(old_ids) == len(set(old_ids))  # never re-scored
-    times_updated = Counter(id(s) for s in updated)
+    times_updated = Counter(id(s.old_logprobs) for s in updated)
     assert set(times_updated) <= set(old_ids)  # every updated sample was scored once, when fresh
     assert max(times_updated.values()) > 1  # and some were replayed in a later phase
 
 
 def test_resume_matches_an_uninterrupted_run(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    monkeypatch.setattr(rl_steps, "rollout_facts", hashed_facts)
     straight = train_rl(config(setup, tmp_path / "straight", steps=3))
     train_rl(config(setup, tmp_path / "cut", steps=3, stop_after_steps=2))
     assert not (tmp_path / "cut" / "final").exists()
@@ -218,7 +221,7 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     ids=["drop-uniform-groups", "kl-to-reference"],
 )
 def test_filter_and_kl_variants_run(setup, tmp_path, monkeypatch, changes, key) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    monkeypatch.setattr(rl_steps, "rollout_facts", hashed_facts)
     result = train_rl(config(setup, tmp_path / "run", steps=1, **changes))
     assert result.steps == 1 and key in result.history[0]
     if key == "kl":
@@ -227,7 +230,7 @@ def test_filter_and_kl_variants_run(setup, tmp_path, monkeypatch, changes, key) 
 
 
 def test_rollout_batches_checkpointing_and_the_dropped_cache(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(rl_module, "rollout_facts", hashed_facts)
+    monkeypatch.setattr(rl_steps, "rollout_facts", hashed_facts)
     sizes: list[int] = []
     resets: list[bool] = []
     checkpointed: list[bool] = []

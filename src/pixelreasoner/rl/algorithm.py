@@ -12,7 +12,7 @@ Pure functions over lists and tensors (SPEC §4):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -52,21 +52,36 @@ def is_uniform(rewards: Sequence[float], tolerance: float = UNIFORM_TOLERANCE) -
 class ReplayBuffer(Generic[T]):
     """Selective Sample Replay: non-uniform samples, drawn with probability ∝ |advantage|.
 
-    The buffer keeps the most recent ``capacity`` samples.
+    The buffer keeps the most recent samples, at most ``capacity`` of them and, when
+    ``size_of`` is given, at most ``max_bytes`` by its measure (0: no byte bound); the oldest
+    go first.
     """
 
     capacity: int = 1024
+    max_bytes: int = 0
+    size_of: Callable[[T], int] | None = None
     samples: list[T] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
 
     def add(self, samples: Sequence[T], advantages: Sequence[float]) -> None:
         for sample, advantage in zip(samples, advantages, strict=True):
             if abs(advantage) > 0:
                 self.samples.append(sample)
                 self.weights.append(abs(float(advantage)))
+                self.sizes.append(self.size_of(sample) if self.size_of is not None else 0)
         overflow = len(self.samples) - self.capacity
+        total = sum(self.sizes[max(overflow, 0) :])
+        while self.max_bytes > 0 and total > self.max_bytes and overflow < len(self.samples):
+            total -= self.sizes[max(overflow, 0)]
+            overflow = max(overflow, 0) + 1
         if overflow > 0:
-            del self.samples[:overflow], self.weights[:overflow]
+            del self.samples[:overflow], self.weights[:overflow], self.sizes[:overflow]
+
+    @property
+    def nbytes(self) -> int:
+        """The kept samples' size by ``size_of`` (0 without it)."""
+        return sum(self.sizes)
 
     def draw(self, count: int, rng: np.random.Generator) -> list[T]:
         """Up to ``count`` distinct samples, drawn one by one with probability ∝ |advantage|.

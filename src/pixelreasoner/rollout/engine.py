@@ -130,7 +130,7 @@ class _Run:
         if turn.call is None:
             self.finish("answer")
             return
-        cut_off = (
+        cut_off: FinishReason | None = (
             "max_calls"
             if traj.n_calls >= limits.max_calls
             else "max_tokens"

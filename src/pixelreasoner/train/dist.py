@@ -69,3 +69,9 @@ def sum_across(accelerator: Accelerator, value: float | int) -> float:
     """Sum a number over all processes."""
     tensor = torch.tensor([float(value)], device=accelerator.device)
     return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+def max_across(accelerator: Accelerator, value: int) -> int:
+    """The largest of a whole number over all processes."""
+    tensor = torch.tensor([value], device=accelerator.device)
+    return int(accelerator.reduce(tensor, reduction="max").item())

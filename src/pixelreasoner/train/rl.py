@@ -22,12 +22,8 @@ is the loop. Run: ``pixelreasoner rl configs/rl_tiny.yaml [key=value ...]``.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import random
 import time
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,19 +34,11 @@ from tqdm import tqdm
 
 from pixelreasoner.config import save_config, to_dict
 from pixelreasoner.data.formats import read_items
-from pixelreasoner.data.items import TaskItem
-from pixelreasoner.eval.scoring import extract_boxed
 from pixelreasoner.eval.tasks import task_for
 from pixelreasoner.models.loading import load_model
-from pixelreasoner.render import RenderedSequence, Renderer
-from pixelreasoner.rl.algorithm import (
-    ReplayBuffer,
-    group_advantages,
-    is_uniform,
-    ppo_token_loss,
-    token_entropy,
-)
-from pixelreasoner.rl.reward import RewardConfig, RewardParts, RolloutFacts, group_rewards
+from pixelreasoner.render import Renderer
+from pixelreasoner.rl.algorithm import ReplayBuffer
+from pixelreasoner.rl.reward import RewardConfig
 from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import Query, RolloutEngine, RolloutLimits
 from pixelreasoner.rollout.hf import TransformersBackend
@@ -63,9 +51,19 @@ from pixelreasoner.train.checkpoint import (
 from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
+from pixelreasoner.train.rl_steps import (
+    Sample,
+    Scorer,
+    add_to_replay,
+    compute_old_logprobs,
+    ppo_update,
+    rollout_facts,
+    sample_bytes,
+    score_groups,
+    select_batch,
+    warn_bad_inputs,
+)
 from pixelreasoner.train.sft import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
-from pixelreasoner.train.tokens import selected_logits
-from pixelreasoner.trajectory import Trajectory
 from pixelreasoner.vision.budget import pixel_budget
 
 
@@ -106,6 +104,11 @@ class RLConfig(RunOptions):
     filter: Literal["none", "drop", "ssr"] = "ssr"
     """Uniform groups: keep (none), drop, or drop and replay from a buffer (ssr, the paper's)."""
     replay_capacity: int = 2048
+    """Samples the replay buffer keeps per process (the most recent)."""
+    replay_max_mb: float = 2048.0
+    """Memory the replay buffer may hold per process (its samples' images and log-probs), in MiB;
+    the oldest samples go first. Replayed samples keep the query's images as the model saw them,
+    not the decoded originals (``rl_steps.for_replay``); ``replay_mb`` in the metrics."""
     scale_advantage_by_std: bool = False
 
     train_batch_size: int = 64
@@ -140,71 +143,11 @@ class RLConfig(RunOptions):
 
 
 @dataclass
-class Sample:
-    """One trajectory ready for the update: its conversation, advantage and old log-probs."""
-
-    trajectory: Trajectory
-    advantage: float
-    old_logprobs: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    rendered: RenderedSequence | None = None
-    """Rendered once, then reused by the old, reference and update passes (images encoded once)."""
-
-
-@dataclass
 class RLResult:
     out_dir: Path
     final_dir: Path
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------- helpers
-def rollout_facts(trajectory: Trajectory, item: TaskItem) -> RolloutFacts:
-    answer = extract_boxed(trajectory.final_text) if trajectory.n_turns else None
-    return RolloutFacts(
-        score=task_for(item).score(trajectory, item),
-        has_answer=bool(answer),
-        n_ops=trajectory.n_calls,
-        final_error=trajectory.final_error,
-        is_video=item.is_video,
-    )
-
-
-def _chunks(values: list[Any], size: int, count: int) -> list[list[Any]]:
-    """``values`` in chunks of ``size``, padded with empty chunks to ``count`` chunks."""
-    chunks = [values[i : i + size] for i in range(0, len(values), size)]
-    return chunks + [[] for _ in range(count - len(chunks))]
-
-
-def _max_across(accelerator: Any, value: int) -> int:
-    tensor = torch.tensor([value], device=accelerator.device)
-    return int(accelerator.reduce(tensor, reduction="max").item())
-
-
-class Scorer:
-    """Log-probs of the model's own tokens for a batch of samples (one padded forward pass)."""
-
-    def __init__(self, renderer: Renderer, share_prefix: bool = False) -> None:
-        self.renderer = renderer
-        self.share_prefix = share_prefix
-
-    def inputs(self, samples: list[Sample], device: torch.device) -> Any:
-        for sample in samples:
-            if sample.rendered is None:
-                sample.rendered = self.renderer.render(sample.trajectory.conversation)
-        rendered = [s.rendered for s in samples if s.rendered is not None]
-        return self.renderer.collate(rendered, padding_side="right").to(device)
-
-    def logprobs(
-        self, model: Any, samples: list[Sample], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Token log-probs ``[N]`` (all samples concatenated), their entropies ``[N]``, tokens per sample."""
-        batch = self.inputs(samples, device)
-        logits, targets = selected_logits(model, batch, batch.loss_mask, self.share_prefix)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-        counts = batch.loss_mask[:, 1:].sum(dim=1).tolist()
-        return logprobs, token_entropy(logits.detach()), [int(c) for c in counts]
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -259,7 +202,9 @@ def train_rl(config: RLConfig) -> RLResult:
     first = SamplingParams(config.temperature_first, config.top_p, config.top_k, config.max_turn_tokens)
     later = SamplingParams(config.temperature_later, config.top_p, config.top_k, config.max_turn_tokens)
     engine = RolloutEngine(backend, budget, limits, first, later)
-    replay: ReplayBuffer[Sample] = ReplayBuffer(config.replay_capacity)
+    replay: ReplayBuffer[Sample] = ReplayBuffer(
+        config.replay_capacity, int(config.replay_max_mb * 2**20), sample_bytes
+    )
     replay_rng = np.random.default_rng([config.seed, rank])
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "offset": 0, "history": []}
@@ -317,109 +262,43 @@ def train_rl(config: RLConfig) -> RLResult:
         model.train()
         metrics["time_rollout"] = time.perf_counter() - began
 
-        # 2. reward and advantages, 3. filter ----------------------------------------------
-        fresh: list[Sample] = []
-        parts_all: list[RewardParts] = []
-        uniform_groups = 0
-        per_task: dict[str, list[float]] = defaultdict(list)
-        for q, item in enumerate(mine):
-            group = trajectories[q * config.group_size : (q + 1) * config.group_size]
-            parts = group_rewards([rollout_facts(t, item) for t in group], config.reward)
-            parts_all += parts
-            per_task[task_for(item).name] += [float(t.uses_tools) for t in group]
-            rewards = [p.total for p in parts]
-            uniform = is_uniform(rewards)
-            uniform_groups += uniform
-            if uniform and config.filter != "none":
-                continue
-            advantages = group_advantages(rewards, config.scale_advantage_by_std)
-            fresh += [Sample(t, a) for t, a in zip(group, advantages, strict=True) if t.n_turns > 0]
-        batch_samples = list(fresh)
-        if config.filter == "ssr":
-            # Half the batch is replayed; when every group was uniform (the learning trap), the
-            # replays alone still make half a train batch, so training never stalls.
-            replays = max(len(fresh), config.train_batch_size // 2)
-            batch_samples += replay.draw(replays, replay_rng)
-            replay.add(fresh, [s.advantage for s in fresh])
+        # 2. reward and advantages, 3. filter (pure: no model, no collective) ---------------------
+        scores = score_groups(
+            mine, trajectories, config.group_size, config.reward, config.filter, config.scale_advantage_by_std
+        )
+        warn_bad_inputs(scores.bad_inputs)
+        batch_samples = select_batch(scores.fresh, replay, replay_rng, config.filter, config.train_batch_size)
 
         # 4. old log-probs (no gradient: the unwrapped model, no collectives) -----------------
-        # Only for fresh samples: a replayed sample keeps the log-probs of the policy that
-        # generated it, so PPO's clip bounds how far replays can move it in total (recomputing
-        # them every phase would restart the ratio at 1 and let a replay push its tokens again).
         began = time.perf_counter()
         policy = accelerator.unwrap_model(model)
-        with torch.no_grad():
-            for chunk in _chunks(fresh, config.micro_batch, 0):
-                if config.old_logprobs == "sampler":
-                    for sample in chunk:
-                        sample.old_logprobs = _sampler_logprobs(sample)
-                else:
-                    logprobs, _, counts = scorer.logprobs(policy, chunk, accelerator.device)
-                    # kept on the CPU: replays hold them across phases and checkpoints save them
-                    for sample, piece in zip(chunk, torch.split(logprobs.cpu(), counts), strict=True):
-                        sample.old_logprobs = piece
-                if reference is not None:
-                    reference_lp, _, counts = scorer.logprobs(reference, chunk, accelerator.device)
-                    for sample, piece in zip(chunk, torch.split(reference_lp.cpu(), counts), strict=True):
-                        sample.ref_logprobs = piece
+        compute_old_logprobs(
+            policy,
+            reference,
+            scores.fresh,
+            scorer,
+            config.micro_batch,
+            config.old_logprobs,
+            accelerator.device,
+        )
+        if config.filter == "ssr":
+            add_to_replay(scores.fresh, replay, budget)
         metrics["time_logprob"] = time.perf_counter() - began
 
         # 5. update ---------------------------------------------------------------------------
         began = time.perf_counter()
-        fallback = [Sample(trajectories[0], 0.0)]  # a zero-weight pass keeps processes in step
-        stats: dict[str, list[float]] = defaultdict(list)
-        for _ in range(config.ppo_epochs):
-            random.Random(config.seed + state["step"]).shuffle(batch_samples)
-            minibatches = _max_across(accelerator, math.ceil(len(batch_samples) / config.train_batch_size))
-            for minibatch in _chunks(batch_samples, config.train_batch_size, minibatches):
-                tokens = sum_across(
-                    accelerator,
-                    sum(int(s.old_logprobs.numel()) for s in minibatch if s.old_logprobs is not None),
-                )
-                norm = config.loss_constant if config.loss_norm == "constant" else max(tokens / world, 1.0)
-                micro = _max_across(accelerator, math.ceil(len(minibatch) / config.micro_batch))
-                for k, chunk in enumerate(_chunks(minibatch, config.micro_batch, micro)):
-                    weight = 1.0 if chunk else 0.0
-                    used = chunk or fallback
-                    sync = contextlib.nullcontext() if k == micro - 1 else accelerator.no_sync(model)
-                    with sync:
-                        logprobs, entropy, counts = scorer.logprobs(model, used, accelerator.device)
-                        old = torch.cat(
-                            [
-                                s.old_logprobs if s.old_logprobs is not None else torch.zeros(c)
-                                for s, c in zip(used, counts, strict=True)
-                            ]
-                        ).to(logprobs.device)
-                        adv = torch.cat(
-                            [torch.full((c,), s.advantage) for s, c in zip(used, counts, strict=True)]
-                        )
-                        ref = None
-                        if reference is not None and chunk:
-                            ref = torch.cat(
-                                [
-                                    s.ref_logprobs if s.ref_logprobs is not None else torch.zeros(c)
-                                    for s, c in zip(used, counts, strict=True)
-                                ]
-                            ).to(logprobs.device)
-                        result = ppo_token_loss(
-                            logprobs,
-                            old,
-                            adv.to(logprobs.device),
-                            config.clip_low,
-                            config.clip_high,
-                            normalizer=norm,
-                            ref_logprobs=ref,
-                            kl_coef=config.kl_coef,
-                        )
-                        accelerator.backward(result.loss * weight)
-                    if chunk:
-                        stats["clip_fraction"].append(result.clip_fraction)
-                        stats["entropy"].append(float(entropy.mean()))
-                        stats["kl"].append(result.kl)
-                grad = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                stats["grad_norm"].append(float(grad))
+        fallback = Sample(trajectories[0], 0.0)  # a zero-weight pass keeps processes in step
+        stats = ppo_update(
+            model,
+            optimizer,
+            trainable,
+            batch_samples,
+            fallback,
+            scorer,
+            accelerator,
+            config,
+            shuffle_seed=config.seed + state["step"],
+        )
         with warnings.catch_warnings():
             # The schedule advances once per phase, also when every group was uniform and no
             # optimizer step ran; torch warns about that order, which is intended here.
@@ -430,22 +309,25 @@ def train_rl(config: RLConfig) -> RLResult:
             sample.rendered = None
 
         # metrics ------------------------------------------------------------------------------
-        n = len(trajectories)
+        scored, parts_all = scores.trajectories, scores.parts
         totals = {
             "reward": sum(p.total for p in parts_all),
             "correctness": sum(p.correctness for p in parts_all),
             "curiosity": sum(p.curiosity for p in parts_all),
             "penalty": sum(p.penalty for p in parts_all),
             "accuracy": sum(p.correctness > 0 for p in parts_all),
-            "rapr": sum(t.uses_tools for t in trajectories),
-            "ops": sum(t.n_calls for t in trajectories),
-            "failed_ops": sum(t.n_failed for t in trajectories),
-            "turns": sum(t.n_turns for t in trajectories),
-            "response_tokens": sum(t.generated_tokens for t in trajectories),
-            "uniform_groups": uniform_groups,
-            "groups": len(mine),
+            "rapr": sum(t.uses_tools for t in scored),
+            "ops": sum(t.n_calls for t in scored),
+            "failed_ops": sum(t.n_failed for t in scored),
+            "turns": sum(t.n_turns for t in scored),
+            "response_tokens": sum(t.generated_tokens for t in scored),
+            "uniform_groups": scores.uniform_groups,
+            "groups": scores.groups,
+            "bad_inputs": len(scores.bad_inputs),
             "trained_samples": len(batch_samples),
-            "rollouts": n,
+            "rollouts": len(scored),
+            "replay_samples": len(replay),
+            "replay_bytes": replay.nbytes,
         }
         summed = {k: sum_across(accelerator, v) for k, v in totals.items()}
         rollouts = max(summed["rollouts"], 1)
@@ -463,12 +345,14 @@ def train_rl(config: RLConfig) -> RLResult:
             metrics[key] = summed[key] / rollouts
         metrics["tool_error_rate"] = summed["failed_ops"] / max(summed["ops"], 1)
         metrics["uniform_group_ratio"] = summed["uniform_groups"] / max(summed["groups"], 1)
-        metrics["trained_samples"] = summed["trained_samples"]
+        for key in ("trained_samples", "bad_inputs", "replay_samples"):
+            metrics[key] = summed[key]
+        metrics["replay_mb"] = summed["replay_bytes"] / 2**20
         # Every process reduces the same tasks in the same order (all of the query set's), also
         # those it drew none of this phase: a process-local list would pair up different
         # collectives across processes and hang.
         for task in task_names:
-            uses = per_task.get(task, [])
+            uses = scores.tool_use.get(task, [])
             total = sum_across(accelerator, len(uses))
             if total:
                 metrics[f"rapr_{task}"] = sum_across(accelerator, sum(uses)) / total
@@ -494,11 +378,6 @@ def train_rl(config: RLConfig) -> RLResult:
     accelerator.wait_for_everyone()
     logger.close()
     return RLResult(out, final_dir, state["step"], list(state["history"]))
-
-
-def _sampler_logprobs(sample: Sample) -> torch.Tensor:
-    values = [lp for t in sample.trajectory.conversation.model_turns for lp in (t.logprobs or [])]
-    return torch.tensor(values, dtype=torch.float32)
 
 
 __all__ = ["RLConfig", "RLResult", "Sample", "Scorer", "rollout_facts", "train_rl"]

@@ -109,7 +109,34 @@ def selected_logits(
     else:
         logits = model(**inputs.model_kwargs(), logits_to_keep=keep, use_cache=False).logits
     targets = inputs.input_ids[:, 1:][token_mask[:, 1:].bool()]  # [N]
+    keepalive = vision_keepalive(base, inputs)
+    if keepalive is not None:
+        logits = logits + keepalive
     return logits.float(), targets  # logits [N, V]
+
+
+def vision_keepalive(base: Any, inputs: ModelInputs) -> torch.Tensor | None:
+    """0 · (the vision tower on a blank 2x2-patch image) when a batch has no image or video and the
+    tower trains; otherwise None.
+
+    Under DDP every trained parameter must receive a gradient in every synced backward: a batch
+    without images (a text-only trace, a bad-input query's stand-in pass) left the vision tower
+    out and DDP failed at the next step ("Expected to have finished reduction in the prior
+    iteration"). Adding this zero keeps the tower in the graph: its gradient from this process
+    is exactly 0, and the average over processes is the other processes' gradient / world, as
+    for any parameter this process's samples do not move.
+    """
+    if inputs.pixel_values is not None or inputs.pixel_values_videos is not None:
+        return None
+    visual = getattr(getattr(base, "model", None), "visual", None)
+    if visual is None or not any(p.requires_grad for p in visual.parameters()):
+        return None
+    merge = visual.spatial_merge_size
+    patch = visual.patch_embed
+    width = patch.in_channels * patch.temporal_patch_size * patch.patch_size**2
+    pixels = torch.zeros(merge * merge, width, device=inputs.input_ids.device, dtype=visual.dtype)
+    grid = torch.tensor([[1, merge, merge]], device=inputs.input_ids.device)
+    return visual(pixels, grid_thw=grid).pooler_output.sum() * 0.0
 
 
 def token_logprobs(
