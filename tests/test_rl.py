@@ -212,6 +212,75 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     assert (tmp_path / "two" / "final" / "config.json").is_file()
 
 
+def _launch(processes: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("loss_norm", ["constant", "tokens"])
+def test_the_update_does_not_depend_on_how_many_processes_share_the_batch(setup, tmp_path, loss_norm) -> None:  # type: ignore[no-untyped-def]
+    """Regression: with ``loss_norm: constant`` every process divided its summed token loss by 200
+    and DDP then averaged over processes, so the same global batch moved the parameters half as
+    far on two processes as on one. One and two processes must now give the same parameters."""
+    data, model = setup
+    script = str(Path(__file__).with_name("dist_ppo_update.py"))
+    after = {}
+    for processes in (1, 2):
+        out = tmp_path / f"params-{processes}.pt"
+        done = _launch(processes, script, str(model), str(data), str(out), loss_norm)
+        assert done.returncode == 0, done.stderr[-3000:]
+        after[processes] = torch.load(out)
+    before = weights(model)
+    moved = max((after[1][k] - before[k]).abs().max().item() for k in before)
+    differ = max((after[1][k] - after[2][k]).abs().max().item() for k in before)
+    assert moved > 1e-4  # the step did something the comparison can see
+    assert differ < 1e-6 * max(1.0, moved * 1e2), (moved, differ)
+
+
+def test_two_processes_survive_batches_without_images(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: while RL trains the vision tower, a synced micro-batch without images on one
+    process (here the stand-in pass of a process whose queries were all bad input) left the tower
+    without gradients and DDP failed at the next step ("Expected to have finished reduction in
+    the prior iteration"). Three of the four queries have an image too elongated to use; the
+    first two phases draw all four, so some process gets only bad ones before another phase."""
+    from PIL import Image
+
+    from pixelreasoner.data.formats import write_items
+
+    _, model = setup
+    data = tmp_path / "mixed"
+    generate_dataset([make_family("needle")], 1, data, seed=0, progress=False)
+    items = read_items(data).items
+    thin = data / "thin.png"
+    Image.new("RGB", (4020, 20), "white").save(thin)
+    bad = [dataclasses.replace(items[0], qid=f"needle-thin{k}", images=[str(thin)]) for k in range(3)]
+    write_items([*items, *bad], data / "items.parquet")
+    done = _launch(
+        2,
+        "-m",
+        "pixelreasoner.cli",
+        "rl",
+        f"data={data}",
+        f"model={model}",
+        f"out_dir={tmp_path / 'two'}",
+        "steps=3",
+        "queries_per_step=2",
+        "group_size=2",
+        "max_turn_tokens=12",
+        "train_batch_size=4",
+        "micro_batch=2",
+        "filter=none",
+        "progress=false",
+        "metrics=jsonl",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping query needle-thin" in done.stderr
+    logged = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert sum(r["train/bad_inputs"] for r in logged) >= 3
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
