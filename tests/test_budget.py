@@ -12,6 +12,7 @@ from pixelreasoner.vision.budget import (
     TOKEN_PX,
     AspectRatioError,
     PixelRange,
+    frames_as_crops,
     pixel_budget,
     released_eval,
     released_train,
@@ -45,8 +46,26 @@ def test_released_values() -> None:
     assert (evaluation.crops.min_pixels, evaluation.crops.max_pixels) == (256 * 784, 5120 * 784)
     assert (train.processor.min_pixels, train.processor.max_pixels) == (256 * 784, 5120 * 784)
     assert pixel_budget("released-train") == train
+    assert pixel_budget("released-eval") == evaluation
     with pytest.raises(ValueError, match="unknown pixel budget"):
         pixel_budget("huge")
+
+
+def test_released_frame_sizes() -> None:
+    """Broke: selected frames used the crop range in both presets. The release's training
+    resizes them into 4..400 tokens (``select_maxsize``); its eval does not resize them."""
+    train, evaluation = released_train(), released_eval()
+    assert train.frames is not None
+    assert (train.frames.min_pixels, train.frames.max_pixels) == (4 * 784, 400 * 784)
+    assert evaluation.frames is None
+
+
+@pytest.mark.parametrize("name", ["released-train", "released-eval"])
+def test_frames_as_crops_variants(name: str) -> None:
+    """Our earlier choice stays selectable by name: the release's values, frames resized like crops."""
+    base, variant = pixel_budget(name), pixel_budget(f"{name}-frames-as-crops")
+    assert variant == frames_as_crops(base) == base.replace(frames=base.crops)
+    assert variant.replace(frames=base.frames) == base
 
 
 def test_resize_is_idempotent_and_keeps_sized_images() -> None:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelreasoner.vision.budget import TOKEN_PX, PixelRange, released_eval, released_train, smart_resize
+from pixelreasoner.vision.budget import (
+    TOKEN_PX,
+    PixelRange,
+    pixel_budget,
+    released_eval,
+    released_train,
+    smart_resize,
+)
 from pixelreasoner.vision.ops import (
     VisualContext,
     crop_image_normalized,
@@ -199,6 +206,7 @@ def video_context(frames: int = 16) -> VisualContext:
 def test_select_frames_text_and_numbering_follow_the_release() -> None:
     context = video_context()
     first = select_frames(context, [3, 4], BUDGET)
+    assert BUDGET.frames is not None
     w, h = BUDGET.frames.target_size(320, 240)
     # the release counts the video as one item: the first selection is "Numbered 1 to 2"
     assert (
@@ -210,19 +218,90 @@ def test_select_frames_text_and_numbering_follow_the_release() -> None:
     assert first.images[1].tobytes() == BUDGET.frames.resize(context.video[3]).tobytes()  # type: ignore[index]
     context.add(first)
     second = select_frames(context, [16], BUDGET)
+    # still counted as the release counts (the video as one item), although these two frames
+    # are target_image 2 and 3 and the new one is 4
     assert second.text.endswith("Numbered 3 to 3):")
 
 
-def test_video_crop_targets_frames_then_returned_images() -> None:
+def test_video_crop_targets_the_frames_before_anything_was_returned() -> None:
     context = video_context()
     # before anything is returned, target_image counts the video's frames
     on_frame = crop_of(context, [0, 0, 1, 1], 16)
     assert on_frame.ok
+    assert on_frame.images[0].tobytes() == BUDGET.crops.resize(context.video[15]).tobytes()  # type: ignore[index]
     assert "the video's frames are numbered from 1 to 16" in (crop_of(context, [0, 0, 1, 1], 17).error or "")
-    context.add(select_frames(context, [5, 6], BUDGET))
-    # afterwards 1..k are the returned images, matching "Numbered 1 to 2"
-    assert crop_of(context, [0, 0, 1, 1], 2).ok
-    assert "numbered from 1 to 2" in (crop_of(context, [0, 0, 1, 1], 3).error or "")
+
+
+def test_video_crop_after_a_selection_counts_the_video_as_image_1() -> None:
+    """Broke: after ``select_frames``, ``target_image=1`` cropped the first returned frame.
+
+    The release numbers ``[video, returned_1, returned_2, ...]`` from 1 and refuses 1 once
+    something was returned, so a released checkpoint's ``target_image=2`` (the first returned
+    frame) cropped the second frame or failed.
+    """
+    context = video_context()
+    selection = select_frames(context, [5, 6], BUDGET)
+    context.add(selection)
+    first, second = selection.images
+    assert crop_of(context, [0, 0, 1, 1], 2).images[0].tobytes() == BUDGET.crops.resize(first).tobytes()
+    assert crop_of(context, [0, 0, 1, 1], 3).images[0].tobytes() == BUDGET.crops.resize(second).tobytes()
+    for bad in (1, 4, 0):
+        refused = crop_of(context, [0, 0, 1, 1], bad)
+        assert refused.error is not None and refused.images == ()
+        assert "numbered from 2 to 3" in refused.error, refused.error
+    assert "1 is the video" in (crop_of(context, [0, 0, 1, 1], 1).error or "")
+
+
+def test_video_crop_of_a_crop_targets_image_2() -> None:
+    """Broke: a crop of a video frame became image 1, so ``target_image=2`` (the release's
+    number for it) was out of range and ``target_image=1`` re-cropped the crop."""
+    context = video_context()
+    zoom = crop_of(context, [0.0, 0.0, 0.5, 0.5], 7)
+    context.add(zoom)
+    again = crop_of(context, [0, 0, 1, 1], 2)
+    assert again.ok and again.images[0].tobytes() == BUDGET.crops.resize(zoom.images[0]).tobytes()
+    assert "numbered from 2 to 2" in (crop_of(context, [0, 0, 1, 1], 1).error or "")
+    # the numbering keeps counting after more images come back
+    context.add(again)
+    assert crop_of(context, [0, 0, 1, 1], 3).ok
+    assert "numbered from 2 to 3" in (crop_of(context, [0, 0, 1, 1], 4).error or "")
+
+
+def test_released_eval_returns_selected_frames_unresized() -> None:
+    """Broke: ``released-eval`` upscaled selected frames into 256..5120 tokens (56x56 came back
+    448x448); the release's eval returns them as they are and reports that size."""
+    frames = [coded_image(56, 56, seed=i) for i in range(4)]
+    result = select_frames(VisualContext(video=frames), [2, 3], released_eval())
+    assert result.ok and [im.size for im in result.images] == [(56, 56)] * 2
+    assert result.images[0].tobytes() == frames[1].tobytes()
+    assert result.text == frames_text(56, 56, 1, 2)
+    # not a multiple of 28 either: the text reports the frame's own size
+    odd = select_frames(VisualContext(video=[coded_image(100, 75)]), [1], released_eval())
+    assert odd.images[0].size == (100, 75) and "Frame Size: 100x75," in odd.text
+
+
+def test_released_train_caps_selected_frames_at_400_tokens() -> None:
+    """Broke: ``released-train`` resized selected frames into the crop range (up to 1000 tokens);
+    the release's training resizes them to 4..400 tokens (``select_maxsize``)."""
+    result = select_frames(VisualContext(video=[coded_image(1280, 960)]), [1], released_train())
+    h, w = smart_resize(960, 1280, 28, 4 * TOKEN_PX, 400 * TOKEN_PX)
+    assert result.images[0].size == (w, h) and w * h <= 400 * TOKEN_PX
+    assert result.text == frames_text(w, h, 1, 1)
+
+
+def test_frames_as_crops_presets_keep_resizing_frames_like_crops() -> None:
+    small = VisualContext(video=[coded_image(56, 56)])
+    result = select_frames(small, [1], pixel_budget("released-eval-frames-as-crops"))
+    assert result.images[0].size == (448, 448)  # 256 tokens, the eval crop minimum
+    big = VisualContext(video=[coded_image(1280, 960)])
+    result = select_frames(big, [1], pixel_budget("released-train-frames-as-crops"))
+    assert result.images[0].size == released_train().crops.target_size(1280, 960)
+
+
+def test_unresized_frames_still_refuse_extreme_aspect_ratios() -> None:
+    # the processor would refuse to encode a 6100x30 frame; the call fails instead of the render
+    result = select_frames(VisualContext(video=[coded_image(6100, 30)]), [1], released_eval())
+    assert result.error is not None and "elongated" in result.error
 
 
 @pytest.mark.parametrize(

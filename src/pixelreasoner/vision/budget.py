@@ -3,7 +3,7 @@
 The released Pixel Reasoner code set image sizes in several places (environment variables,
 per-call constants, the processor's own limits), and the sampler and the learner ended up
 seeing different images. Here a single :class:`PixelBudget` is passed to rollout, training and
-evaluation alike; :func:`pixel_budget` gives the named presets.
+evaluation alike; :func:`pixel_budget` gives the named presets (:data:`PRESETS`).
 
 Sizes are counted in pixels of the resized image; ``28 * 28`` px is one merged vision token of
 Qwen2.5-VL (14 px patches merged 2x2), so ``n * 28 * 28`` means "about n tokens".
@@ -96,7 +96,8 @@ class PixelBudget:
 
     - ``inputs``: the query's own images, resized once when the query is loaded.
     - ``crops``: the image returned by ``crop_image_normalized``.
-    - ``frames``: frames returned by ``select_frames``.
+    - ``frames``: frames returned by ``select_frames``; ``None`` returns them unresized, as the
+      query holds them (the processor's limits still apply when they are encoded).
     - ``video``: frames of an input video (shown to the model as video tokens).
     - ``processor``: the model processor's own limits, applied when an image is encoded (an
       image already inside them passes unchanged).
@@ -109,7 +110,7 @@ class PixelBudget:
 
     inputs: PixelRange
     crops: PixelRange
-    frames: PixelRange
+    frames: PixelRange | None
     video: PixelRange
     processor: PixelRange
     factor: int = 28
@@ -123,26 +124,32 @@ class PixelBudget:
 def released_train() -> PixelBudget:
     """The release's training (RL rollout) values (with crops from originals; see ``crop_from_original``).
 
-    Inputs ≤ 2000 tokens and crops 4..1000 tokens (SPEC §2). Returned frames use the crop range
-    (the release read a separate, undocumented ``select_maxsize``). Input video frames use
-    qwen-vl-utils' defaults (128..768 tokens per frame), which the release inherited; not
-    verified against a released run.
+    Inputs ≤ 2000 tokens and crops 4..1000 tokens (SPEC §2). Selected frames 4..400 tokens (the
+    release's ``select_maxsize = 400``, applied with ``resize_cropped`` in training only). Input
+    video frames use qwen-vl-utils' defaults (128..768 tokens per frame), which the release
+    inherited; not verified against a released run.
     """
     return PixelBudget(
         inputs=PixelRange(_px(4), _px(2000)),
         crops=PixelRange(_px(4), _px(1000)),
-        frames=PixelRange(_px(4), _px(1000)),
+        frames=PixelRange(_px(4), _px(400)),
         video=PixelRange(_px(128), _px(768)),
         processor=PixelRange(_px(256), _px(5120)),
     )
 
 
 def released_eval() -> PixelBudget:
-    """The release's evaluation values: inputs ≤ 8000 tokens, crops and frames 256..5120."""
+    """The release's evaluation values: inputs ≤ 8000 tokens, crops 256..5120.
+
+    Selected frames are returned unresized (``frames=None``): the release's eval adds them as
+    they are and reports their own size as the Frame Size. (Its frames were its video input's,
+    which qwen-vl-utils had resized to 4..512 tokens; ours are the decoded frames, so the two
+    differ for frames that resize would change.)
+    """
     return PixelBudget(
         inputs=PixelRange(_px(256), _px(8000)),
         crops=PixelRange(_px(256), _px(5120)),
-        frames=PixelRange(_px(256), _px(5120)),
+        frames=None,
         video=PixelRange(_px(128), _px(768)),
         processor=PixelRange(_px(256), _px(5120)),
     )
@@ -166,11 +173,42 @@ def tiny() -> PixelBudget:
     )
 
 
-PRESETS = {"released-train": released_train, "released-eval": released_eval, "tiny": tiny}
+def frames_as_crops(budget: PixelBudget) -> PixelBudget:
+    """``budget`` with selected frames resized like crops (into ``budget.crops``).
+
+    This project's earlier choice, kept as the ``*-frames-as-crops`` presets: a selected frame
+    then costs and shows as much as a zoom (e.g. a 56x56 frame comes back at 448x448 in eval),
+    where the release caps frames at 400 tokens in training and leaves them unresized in eval.
+    """
+    return budget.replace(frames=budget.crops)
+
+
+def released_train_frames_as_crops() -> PixelBudget:
+    """:func:`released_train` with selected frames in the crop range (4..1000 tokens)."""
+    return frames_as_crops(released_train())
+
+
+def released_eval_frames_as_crops() -> PixelBudget:
+    """:func:`released_eval` with selected frames in the crop range (256..5120 tokens)."""
+    return frames_as_crops(released_eval())
+
+
+PRESETS = {
+    "released-train": released_train,
+    "released-eval": released_eval,
+    "released-train-frames-as-crops": released_train_frames_as_crops,
+    "released-eval-frames-as-crops": released_eval_frames_as_crops,
+    "tiny": tiny,
+}
+"""Budgets by the name configs and ``--budget`` use."""
 
 
 def pixel_budget(name: str) -> PixelBudget:
-    """A named preset: ``released-train``, ``released-eval`` or ``tiny``."""
+    """A named preset (a key of :data:`PRESETS`), e.g. ``released-train``, ``released-eval``, ``tiny``.
+
+    The ``released-*-frames-as-crops`` variants differ from their base only in ``frames``
+    (see :func:`frames_as_crops`).
+    """
     try:
         return PRESETS[name]()
     except KeyError:

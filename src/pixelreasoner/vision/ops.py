@@ -6,13 +6,18 @@ error observation the model will read. Semantics follow the released Pixel Reaso
 (SPEC §2), with its wrap-around and boundary defects fixed; each deviation is noted where it is
 made.
 
-Image numbering (``target_image``), as the released code does it:
+Image numbering (``target_image``), as the released code does it (its ``execute_tool``):
 
 - image query: 1..n are the query's images, then the images returned so far, in order;
 - video query before anything was returned: 1..F are the video's frames;
-- video query after images were returned: 1..k are the returned images. This matches the
-  observation text "Numbered a to b" that the released model was trained to read (the release
-  counts the video as one item, so its first selection is "Numbered 1 to k").
+- video query after images were returned: the list is ``[video, returned_1, ..., returned_k]``
+  numbered from 1, and the video itself cannot be cropped, so the valid numbers are 2..k+1
+  (``target_image=2`` is the first returned image; 1 is a range error).
+
+The frames observation's "Numbered a to b" counts the same list (a is the number of images so
+far, the video counting as one), so the first selection reads "Numbered 1 to k" although its
+frames are targets 2..k+1. That off-by-one is the release's, and the released checkpoints were
+trained on both the text and the numbering, so both are kept.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class VisualContext:
     - ``returned``: grows with every image an operation returned.
 
     Build it with :meth:`for_query`, which follows ``budget.crop_from_original``.
+    :meth:`crop_targets` and :attr:`first_target` give the numbering (see the module docstring).
     """
 
     images: list[Image.Image] = field(default_factory=list)
@@ -125,7 +131,7 @@ class VisualContext:
         return cls(images=resized, video=None if video is None else list(video))
 
     def view_size(self, index: int) -> tuple[int, int]:
-        """(width, height) the model sees crop target ``index`` (0-based) at."""
+        """(width, height) the model sees ``crop_targets()[index]`` at (``index`` is 0-based)."""
         target = self.crop_targets()[index]
         if self.view_sizes is not None and self.video is None and index < len(self.images):
             return self.view_sizes[index]
@@ -135,8 +141,19 @@ class VisualContext:
     def is_video(self) -> bool:
         return self.video is not None
 
+    @property
+    def first_target(self) -> int:
+        """The ``target_image`` of ``crop_targets()[0]``: 2 for a video query once images were
+        returned (1 is then the video, which cannot be cropped), 1 otherwise."""
+        return 2 if self.video is not None and self.returned else 1
+
     def crop_targets(self) -> list[Image.Image]:
-        """The images ``target_image`` counts over (1-based), in the release's numbering."""
+        """The images ``target_image`` can name, in order, in the release's numbering.
+
+        ``target_image`` = :attr:`first_target` + position in this list, so the valid values are
+        ``first_target .. first_target + len - 1``; for a video query after a return that is
+        ``2 .. image_count``.
+        """
         if self.video is not None:
             return list(self.returned) if self.returned else list(self.video)
         return [*self.images, *self.returned]
@@ -163,14 +180,18 @@ def _number(value: object, name: str) -> float:
     return result
 
 
-def _index(value: object, name: str, count: int, what: str) -> int:
-    """A 1-based index into ``count`` items; no Python wrap-around (0 and negatives are errors)."""
+def _index(value: object, name: str, count: int, what: str, first: int = 1, note: str = "") -> int:
+    """A number in ``first .. first + count - 1``; no Python wrap-around (0 and negatives are errors).
+
+    ``note`` is appended to the range error (e.g. why the range does not start at 1).
+    """
     number = _number(value, name)
     if number != int(number):
         raise OperationError(f"`{name}` must be a whole number, got {_show(value)}.")
     index = int(number)
-    if not 1 <= index <= count:
-        raise OperationError(f"`{name}` is {index}, but {what} are numbered from 1 to {count}.")
+    last = first + count - 1
+    if not first <= index <= last:
+        raise OperationError(f"`{name}` is {index}, but {what} are numbered from {first} to {last}.{note}")
     return index
 
 
@@ -232,11 +253,19 @@ def crop_image_normalized(
         targets = context.crop_targets()
         if not targets:
             raise OperationError("There is no image to crop.")
-        what = "the video's frames" if context.is_video and not context.returned else "the images"
-        index = _index(target_image, "target_image", len(targets), what)
+        first = context.first_target
+        if not context.is_video:
+            what, note = "the images", ""
+        elif first == 1:
+            what, note = "the video's frames", ""
+        else:
+            what = "the images that can be cropped"
+            note = " Image 1 is the video itself; 2 and up are the images returned after it."
+        index = _index(target_image, "target_image", len(targets), what, first, note)
         box = _bbox(bbox_2d)
-        source = targets[index - 1]
-        left, top, right, bottom = pixel_box(box, source.width, source.height, context.view_size(index - 1))
+        position = index - first
+        source = targets[position]
+        left, top, right, bottom = pixel_box(box, source.width, source.height, context.view_size(position))
         w, h = right - left, bottom - top
         if w <= MIN_CROP_SIDE or h <= MIN_CROP_SIDE:
             raise OperationError(
@@ -255,7 +284,13 @@ def crop_image_normalized(
 
 
 def select_frames(context: VisualContext, target_frames: object, budget: PixelBudget) -> Observation:
-    """Return the video frames ``target_frames`` (1-based, at most 8), resized into ``budget.frames``."""
+    """Return the video frames ``target_frames`` (1-based, at most 8), resized into ``budget.frames``.
+
+    With ``budget.frames`` None the frames come back as the context holds them (unresized, as the
+    release's eval returns them) and the observation reports that size; the processor's limits
+    (``budget.processor``) still apply when they are encoded, and a frame it would refuse (aspect
+    ratio above 200) is an error observation here.
+    """
     try:
         if context.video is None:
             raise OperationError("`select_frames` works on a video, but this query has no video.")
@@ -271,7 +306,13 @@ def select_frames(context: VisualContext, target_frames: object, budget: PixelBu
                 f"You selected {len(target_frames)} frames; select no more than {MAX_SELECTED_FRAMES}."
             )
         indices = [_index(v, "target_frames", count, "the video's frames") for v in target_frames]
-        frames = tuple(budget.frames.resize(context.video[i - 1], budget.factor) for i in indices)
+        chosen = [context.video[i - 1] for i in indices]
+        if budget.frames is None:
+            for frame in chosen:  # what the processor will do when encoding; refuses odd shapes
+                budget.processor.target_size(frame.width, frame.height, budget.factor)
+            frames = tuple(chosen)
+        else:
+            frames = tuple(budget.frames.resize(frame, budget.factor) for frame in chosen)
     except OperationError as exc:
         return Observation.failure(str(exc), FRAMES_TOOL)
     except AspectRatioError:
