@@ -10,7 +10,8 @@ The page holds four hand-made trajectories whose tool calls are executed by the 
 2. needle, errors: a crop of a non-existent image and one with a reversed box (two error
    observations), a tiny corner box (padded and clipped), a pixel-coordinate crop and a wrong answer;
 3. frames (video): ``select_frames`` of the red frame and a neighbour, then a crop of the
-   returned frame 1 (numbered among the returned images) and the answer;
+   red frame as returned (``target_image=2``: after a return image 1 is the video itself, 2 the
+   first returned image) and the answer;
 4. a question whose image file is missing (the placeholder; finish reason ``bad_input``).
 
 With ``chromium`` (or ``chromium-browser``) on PATH it runs
@@ -162,9 +163,9 @@ def frames_select(budget: PixelBudget) -> tuple[Trajectory, str]:
     )
     run.turn(
         _call(
-            "Zooming into the middle of the red frame (returned image 1).",
+            "Zooming into the middle of the red frame (returned image 2).",
             CROP_TOOL,
-            {"bbox_2d": [0.3, 0.3, 0.7, 0.7], "target_image": 1},
+            {"bbox_2d": [0.3, 0.3, 0.7, 0.7], "target_image": 2},
         )
     )
     run.turn(f"The red frame shows {sample.meta['answer_text']}. \\boxed{{{sample.answer}}}")

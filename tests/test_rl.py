@@ -104,8 +104,48 @@ def test_rl_updates_every_trainable_parameter(setup, tmp_path, monkeypatch) -> N
         "time_rollout",
         "time_logprob",
         "time_update",
+        "replay_mb",
+        "replay_samples",
+        "bad_inputs",
     ):
         assert f"train/{key}" in logged[-1], key
+
+
+def test_replay_keeps_the_view_the_model_saw_not_the_decoded_original(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: every replayed sample kept the decoded full-resolution originals (crops are cut
+    from them), and checkpoints pickled them: ~20 GB per process at V* sizes and the 7B recipe's
+    capacity. The buffer now keeps the query's images resized as the model saw them, which render
+    to the same tokens and pixels, and it is bounded in bytes."""
+    from PIL import Image
+
+    from pixelreasoner.data.items import TaskItem
+    from pixelreasoner.rl.algorithm import ReplayBuffer
+    from pixelreasoner.rollout.scripted import ScriptedBackend
+    from pixelreasoner.train.rl_steps import for_replay, sample_bytes
+
+    _, model_dir = setup
+    _, processor = load_model(model_dir, dtype=torch.float32)
+    big = tmp_path / "big.png"
+    Image.effect_noise((2400, 1800), 60).convert("RGB").save(big)
+    item = TaskItem(qid="needle-big", question="Q?", answer="A", images=[str(big)])
+    box = '{"bbox_2d": [0.1, 0.1, 0.4, 0.4], "target_image": 1}'
+    call = f'<tool_call>\n{{"name": "crop_image_normalized", "arguments": {box}}}\n</tool_call>'
+    engine = RolloutEngine(ScriptedBackend([call, "\\boxed{A}"]), BUDGET)
+    trajectory = engine.run([Query.from_item(item, BUDGET)])[0]
+    assert trajectory.n_calls == 1 and trajectory.n_failed == 0
+    fresh = Sample(trajectory, 1.0, old_logprobs=torch.zeros(5))
+    kept = for_replay(fresh, BUDGET)
+    renderer = Renderer(processor, BUDGET)
+    a, b = renderer.render(fresh.trajectory.conversation), renderer.render(kept.trajectory.conversation)
+    assert a.input_ids == b.input_ids and a.loss_mask == b.loss_mask
+    assert a.pixel_values is not None and b.pixel_values is not None
+    assert a.pixel_values.shape == b.pixel_values.shape and (a.pixel_values == b.pixel_values).all()
+    assert kept.old_logprobs is fresh.old_logprobs
+    # the returned crop (at most 144 tokens here) is kept as it is; the original is not
+    assert sample_bytes(fresh) > 2400 * 1800 * 3 > 20 * sample_bytes(kept)
+    buffer: ReplayBuffer[Sample] = ReplayBuffer(100, int(2.5 * sample_bytes(kept)), sample_bytes)
+    buffer.add([for_replay(fresh, BUDGET) for _ in range(5)], [1.0] * 5)
+    assert len(buffer) == 2 and buffer.nbytes <= 2.5 * sample_bytes(kept)
 
 
 def test_replays_keep_the_log_probs_of_the_policy_that_sampled_them(setup, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

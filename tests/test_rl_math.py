@@ -126,6 +126,18 @@ def test_replay_draws_proportional_to_advantage() -> None:
     assert len(buffer) == 10 and "a" not in buffer.samples  # oldest dropped first
 
 
+def test_replay_is_bounded_in_bytes() -> None:
+    """Regression: the buffer was bounded only in count, while its samples carried full images."""
+    buffer: ReplayBuffer[str] = ReplayBuffer(capacity=10, max_bytes=7, size_of=len)
+    buffer.add(["aaa", "bbb", "ccc"], [1.0, 1.0, 1.0])  # 3 + 3 + 3 = 9 > 7: "aaa" goes
+    assert buffer.samples == ["bbb", "ccc"] and buffer.nbytes == 6
+    buffer.add(["dddddddd"], [1.0])  # 8 > 7 alone: everything goes, the buffer stays bounded
+    assert len(buffer) == 0 and buffer.nbytes == 0
+    unbounded: ReplayBuffer[str] = ReplayBuffer(capacity=2)
+    unbounded.add(["aaa", "bbb", "ccc"], [1.0, 1.0, 1.0])
+    assert unbounded.samples == ["bbb", "ccc"] and unbounded.nbytes == 0  # no size_of: count only
+
+
 def test_ppo_loss_hand_derived() -> None:
     old = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
     # ratios 1.0, 1.5, 0.5, 1.2 against advantages +1, +1, -1, -1

@@ -200,19 +200,28 @@ def test_crop_target_replays_image_numbering() -> None:
 
 
 def test_video_numbering_counts_returned_images_after_a_selection() -> None:
+    """A video query numbers as the operations do: before a return ``target_image`` counts the
+    frames; afterwards the list is [video, returned...] from 1, so the first returned frame is
+    image 2 (``target_image=2`` crops it, drawn on frame 3, not frame 2) and the crop is image 3;
+    ``target_image=1`` (the video) is then an error and gets no overlay."""
     colors = [(255, 0, 0), (0, 160, 0), (0, 0, 255), (250, 200, 0)]
     frames = [Image.new("RGB", (112, 112), c) for c in colors]
     traj = Trajectory(Conversation.from_question("q", video=VideoPart(frames=tuple(frames))))
     ctx = VisualContext.for_query(video=frames, budget=tiny())
     run(traj, ctx, call("f", FRAMES_TOOL, target_frames=[3]))
-    run(traj, ctx, call("c", CROP_TOOL, bbox_2d=[0.3, 0.3, 0.7, 0.7], target_image=1))
+    run(traj, ctx, call("c", CROP_TOOL, bbox_2d=[0.3, 0.3, 0.7, 0.7], target_image=2))
     assert traj.n_failed == 0
     page = render_trajectory_html(traj)
     assert page.count('class="frame"') == 4 and "<figcaption>4</figcaption>" in page
-    assert "image 1 (returned, frame 3)" in page and "image 2 (returned)" in page
+    assert "image 2 (returned, frame 3)" in page and "image 3 (returned)" in page
+    assert "crop of image 2" in page and "crop of frame" not in page
     [shown] = overlays(page)
-    assert tuple(np.asarray(shown)[5, shown.width // 2]) == (0, 0, 255)  # frame 3, not frame 1
+    assert tuple(np.asarray(shown)[5, shown.width // 2]) == (0, 0, 255)  # frame 3, not frame 2
     assert page.count("<img") == 4 + 2 + 1
+
+    run(traj, ctx, call("v", CROP_TOOL, bbox_2d=[0.3, 0.3, 0.7, 0.7], target_image=1))
+    assert traj.n_failed == 1 and "numbered from 2 to 3" in (traj.conversation.turns[-1].error or "")
+    assert len(overlays(render_trajectory_html(traj))) == 1  # the failed call on the video has none
 
 
 # ------------------------------------------------------------------------------------ failures

@@ -13,11 +13,18 @@ URL and no JavaScript is used. For each trajectory it shows
   (dashed, :data:`REQUESTED_COLOR`) and the region actually cut (padded by 0.1 and clipped, solid,
   :data:`CUT_COLOR`), next to the returned crop.
 
-Which image a crop targeted is found by replaying the numbering of
-:meth:`pixelreasoner.vision.ops.VisualContext.crop_targets`: an image query counts the question's
-images, then each observation's returned images; a video query counts the video's frames until an
-observation returns images, and from then on only the returned images. Image captions use the
-same numbers, so ``target_image`` can be read off the page.
+Which image a crop targeted is found by replaying the trajectory through
+:class:`pixelreasoner.vision.ops.VisualContext` itself (its ``crop_targets``, ``first_target`` and
+``image_count``), so the page numbers images as the operations do (the released numbering):
+
+- an image query counts the question's images, then each observation's returned images;
+- a video query counts the video's frames (1..F) until an observation returns images. From then on
+  the list is ``[video, returned_1, returned_2, ...]`` counted from 1; the video cannot be
+  cropped, so the first returned image is ``target_image=2``.
+
+Image captions use the same numbers, so ``target_image`` can be read off the page. (The text of a
+``select_frames`` observation, "Numbered a to b", is the tool's own and reads one lower than the
+returned frames' numbers here; the off-by-one is the release's, see :mod:`pixelreasoner.vision.ops`.)
 
 Pixel (not normalized) boxes refer to the size at which the model saw a question image; pass the
 run's ``budget`` to get it (``budget.inputs``), otherwise the image's own size is assumed.
@@ -34,7 +41,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -44,7 +51,7 @@ from pixelreasoner.synth.teacher import image_data_url
 from pixelreasoner.trajectory import ImagePart, Trajectory, Turn, TurnKind, VideoPart
 from pixelreasoner.vision.budget import PixelBudget
 from pixelreasoner.vision.images import load_image
-from pixelreasoner.vision.ops import CROP_TOOL, FRAMES_TOOL, normalized_box, pixel_box
+from pixelreasoner.vision.ops import CROP_TOOL, FRAMES_TOOL, VisualContext, normalized_box, pixel_box
 
 DISPLAY_MAX_WIDTH = 512
 """Images wider than this are downscaled for display (boxes are drawn in scaled coordinates)."""
@@ -280,29 +287,60 @@ def _call_summary(call: ToolCall) -> str:
 # ------------------------------------------------------------------------------------ replay
 @dataclass
 class _Replay:
-    """The images ``target_image`` counts over, grown as the observations return images."""
+    """The images ``target_image`` can name, grown as the observations return images.
 
-    images: list[_Visual]
-    video: list[_Visual] | None
-    returned: list[_Visual]
+    The numbering is :class:`~pixelreasoner.vision.ops.VisualContext`'s own: ``context`` holds a
+    1x1 stand-in for every image the page shows, and ``shown`` maps a stand-in (by identity) back to
+    that image. A fresh stand-in per image keeps them apart even where a trajectory returns the
+    very image object it was given, and lets images that failed to load keep their place.
+    """
 
-    def targets(self) -> list[_Visual]:
-        if self.video is not None:
-            return list(self.returned) if self.returned else list(self.video)
-        return [*self.images, *self.returned]
+    context: VisualContext = field(default_factory=VisualContext)
+    shown: dict[int, _Visual] = field(default_factory=dict)
+
+    def _stand_in(self, visual: _Visual) -> Image.Image:
+        stand_in = Image.new("1", (1, 1))
+        self.shown[id(stand_in)] = visual  # the context keeps stand_in alive, so its id stays unique
+        return stand_in
+
+    def add_image(self, visual: _Visual) -> int:
+        """Add a question image; returns its number."""
+        self.context.images.append(self._stand_in(visual))
+        return len(self.context.images)
+
+    def set_video(self, frames: Sequence[_Visual]) -> None:
+        """Set the question's video (the first one counts). Assigned rather than passed to the
+        constructor: the page also shows questions that ``VisualContext`` would refuse (images and a
+        video together), and then numbers them as it does for a video."""
+        if self.context.video is None:
+            self.context.video = [self._stand_in(v) for v in frames]
+
+    def add_returned(self, visuals: Sequence[_Visual]) -> None:
+        self.context.returned.extend(self._stand_in(v) for v in visuals)
+
+    @property
+    def targets_frames(self) -> bool:
+        """Whether ``target_image`` counts the video's frames (a video query, nothing returned yet)."""
+        return self.context.is_video and not self.context.returned
+
+    def target(self, value: object) -> tuple[int, _Visual] | None:
+        """The number ``value`` names and its image, or ``None`` when it names no crop target."""
+        targets, first = self.context.crop_targets(), self.context.first_target
+        number = _whole(value)
+        if number is None or not first <= number < first + len(targets):
+            return None
+        return number, self.shown[id(targets[number - first])]
 
     def returned_number(self, offset: int) -> int:
         """The number an image gets when it is returned now (``offset`` within its observation)."""
-        base = 0 if self.video is not None else len(self.images)
-        return base + len(self.returned) + offset + 1
+        return self.context.image_count + offset + 1
 
 
-def _index(value: object, count: int) -> int | None:
+def _whole(value: object) -> int | None:
+    """``value`` as a whole number, or ``None`` when it is not one (as the tool call may hold anything)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
-    if value != int(value) or not 1 <= int(value) <= count:
-        return None
-    return int(value)
+    return int(value) if value == int(value) else None
 
 
 def _box(value: object) -> tuple[float, float, float, float] | None:
@@ -319,12 +357,11 @@ def _box(value: object) -> tuple[float, float, float, float] | None:
 def _overlay_figure(call: ToolCall, replay: _Replay, failed: bool) -> str:
     """The crop drawn on its target image, or "" when the call names no usable image or box."""
     args = call.arguments or {}
-    targets = replay.targets()
-    index, box = _index(args.get("target_image"), len(targets)), _box(args.get("bbox_2d"))
-    if index is None or box is None:
+    found, box = replay.target(args.get("target_image")), _box(args.get("bbox_2d"))
+    if found is None or box is None:
         return ""
-    target = targets[index - 1]
-    word = "frame" if replay.video is not None and not replay.returned else "image"
+    index, target = found
+    word = "frame" if replay.targets_frames else "image"
     caption = f"crop of {word} {index}"
     if target.image is None:
         placeholder = _placeholder(target.error)
@@ -400,7 +437,7 @@ def _section(
     if first_user is not None:
         shown_above.add(first_user)
 
-    replay = _Replay(images=[], video=None, returned=[])
+    replay = _Replay()
     if first_user is not None:
         question = turns[first_user]
         body: list[str] = []
@@ -415,12 +452,10 @@ def _section(
                         visual = _Visual(visual.image, view=view)
                     except ValueError:  # AspectRatioError: the model never saw it anyway
                         pass
-                replay.images.append(visual)
-                body.append(_figure(visual, f"image {len(replay.images)}"))
+                body.append(_figure(visual, f"image {replay.add_image(visual)}"))
             elif isinstance(part, VideoPart):
                 frames = _load_video(part)
-                if replay.video is None:
-                    replay.video = frames
+                replay.set_video(frames)
                 thumbs = "".join(_thumb(v, i + 1) for i, v in enumerate(frames))
                 body.append(
                     f'<div class="video"><div class="sub">video: {len(frames)} frames at {part.fps:g} fps'
@@ -499,7 +534,7 @@ def _observation(
         if isinstance(frames, list) and len(frames) == len(returned):
             caption += f", frame {frames[offset]}"
         figs.append(_figure(visual, caption + ")"))
-    replay.returned.extend(returned)
+    replay.add_returned(returned)
 
     label = "tool observation"
     if call is not None and call.name:
