@@ -252,6 +252,40 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     assert (tmp_path / "two" / "final" / "config.json").is_file()
 
 
+def test_visuals_encoded_first_give_the_models_own_logits(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The training forward runs the vision tower once over a batch's images and videos together
+    (a blank image when there are none, so DDP and FSDP see the same modules on every process);
+    the logits must equal the model's own forward from pixels, and the blank pass must reach the
+    tower's parameters with a zero gradient."""
+    from pixelreasoner.render import ModelInputs
+    from pixelreasoner.train.tokens import selected_logits
+    from pixelreasoner.trajectory import Conversation
+
+    data, model_dir = setup
+    model, processor = load_model(model_dir, dtype=torch.float32)
+    generate_dataset([make_family("frames")], 1, tmp_path / "video", progress=False)
+    items = [*read_items(data).items[:2], read_items(tmp_path / "video").items[0]]
+    conversations = [Query.from_item(i, BUDGET).conversation for i in items]
+    for conv in conversations:
+        conv.add_model_turn("It is \\boxed{A}.")
+    text_only = Conversation.from_question("Which letter?")
+    text_only.add_model_turn("\\boxed{B}")
+    renderer = Renderer(processor, BUDGET)
+    for batch_convs in (conversations, [text_only, text_only]):
+        batch: ModelInputs = renderer(batch_convs, padding_side="right")
+        keep = torch.zeros_like(batch.loss_mask, dtype=torch.bool)
+        keep[:, :-1] = batch.loss_mask[:, 1:].bool()
+        with torch.no_grad():
+            reference = model(**batch.model_kwargs(), logits_to_keep=keep, use_cache=False).logits
+            logits, _ = selected_logits(model, batch, batch.loss_mask)
+        assert (logits - reference).abs().max() < 1e-5
+    model.zero_grad()
+    logits, _ = selected_logits(model, batch, batch.loss_mask)  # the text-only batch
+    logits.sum().backward()
+    tower = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    assert tower and all(p.grad is not None and not p.grad.any() for p in tower)
+
+
 def _launch(processes: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

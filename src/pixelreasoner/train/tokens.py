@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from pixelreasoner.render import ModelInputs
 
@@ -62,10 +63,14 @@ def _can_share(base: Any) -> bool:
 
 
 def _forward_shared(
-    model: torch.nn.Module, base: Any, inputs: ModelInputs, keep: torch.Tensor, prefix: int
+    model: torch.nn.Module,
+    base: Any,
+    inputs: ModelInputs,
+    kwargs: dict[str, Any],
+    keep: torch.Tensor,
+    prefix: int,
 ) -> torch.Tensor:
     """The forward of :func:`selected_logits` with the first ``prefix`` tokens run once."""
-    kwargs = inputs.model_kwargs()
     positions, _ = base.model.get_rope_index(
         inputs.input_ids,
         inputs.mm_token_type_ids,
@@ -104,39 +109,65 @@ def selected_logits(
     keep = predicting_positions(token_mask)
     base = getattr(model, "module", model)
     prefix = shared_prefix_length(inputs, token_mask) if share_prefix and _can_share(base) else 0
+    kwargs, blank = encode_visuals(base, inputs)
     if prefix:
-        logits = _forward_shared(model, base, inputs, keep, prefix)
+        logits = _forward_shared(model, base, inputs, kwargs, keep, prefix)
     else:
-        logits = model(**inputs.model_kwargs(), logits_to_keep=keep, use_cache=False).logits
+        logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
     targets = inputs.input_ids[:, 1:][token_mask[:, 1:].bool()]  # [N]
-    keepalive = vision_keepalive(base, inputs)
-    if keepalive is not None:
-        logits = logits + keepalive
+    if blank is not None:
+        logits = logits + blank
     return logits.float(), targets  # logits [N, V]
 
 
-def vision_keepalive(base: Any, inputs: ModelInputs) -> torch.Tensor | None:
-    """0 · (the vision tower on a blank 2x2-patch image) when a batch has no image or video and the
-    tower trains; otherwise None.
+def encode_visuals(base: Any, inputs: ModelInputs) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Forward kwargs with the batch's images and videos already encoded, in one vision-tower call.
 
-    Under DDP every trained parameter must receive a gradient in every synced backward: a batch
-    without images (a text-only trace, a bad-input query's stand-in pass) left the vision tower
-    out and DDP failed at the next step ("Expected to have finished reduction in the prior
-    iteration"). Adding this zero keeps the tower in the graph: its gradient from this process
-    is exactly 0, and the average over processes is the other processes' gradient / world, as
-    for any parameter this process's samples do not move.
+    The tower runs exactly once per forward pass on every process, over the images and videos
+    together (a blank 2x2-patch image when the batch has neither), and its features go into the
+    model as ``mm_encoder_outputs``. Two things need this:
+
+    - DDP: every trained parameter must get a gradient in every synced backward. A batch without
+      images (a text-only trace, a bad-input query's stand-in pass) left the vision tower out and
+      DDP failed at the next step ("Expected to have finished reduction in the prior
+      iteration"). The blank pass is tied to the loss with weight 0 (the returned term), so this
+      process's tower gradient is exactly 0 and the average is the others' gradient / world.
+    - FSDP: every process must gather the same modules in the same order. With the tower run
+      inside the model's forward only when there are pixels, processes with and without images
+      (or with images and videos: two tower calls) would pair different collectives and hang.
+
+    The features are those the model's own forward computes (the tower attends within each image
+    or video, whatever else is in the call). Models without a vision tower get plain kwargs.
     """
-    if inputs.pixel_values is not None or inputs.pixel_values_videos is not None:
-        return None
+    kwargs = inputs.model_kwargs()
     visual = getattr(getattr(base, "model", None), "visual", None)
-    if visual is None or not any(p.requires_grad for p in visual.parameters()):
-        return None
-    merge = visual.spatial_merge_size
-    patch = visual.patch_embed
-    width = patch.in_channels * patch.temporal_patch_size * patch.patch_size**2
-    pixels = torch.zeros(merge * merge, width, device=inputs.input_ids.device, dtype=visual.dtype)
-    grid = torch.tensor([[1, merge, merge]], device=inputs.input_ids.device)
-    return visual(pixels, grid_thw=grid).pooler_output.sum() * 0.0
+    if visual is None:
+        return kwargs, None
+    pixels = [p for p in (inputs.pixel_values, inputs.pixel_values_videos) if p is not None]
+    grids = [g for g in (inputs.image_grid_thw, inputs.video_grid_thw) if g is not None]
+    blank = not pixels
+    if blank:
+        merge, patch = visual.spatial_merge_size, visual.patch_embed
+        width = patch.in_channels * patch.temporal_patch_size * patch.patch_size**2
+        pixels = [torch.zeros(merge * merge, width, device=inputs.input_ids.device)]
+        grids = [torch.tensor([[1, merge, merge]], device=inputs.input_ids.device)]
+    grid = torch.cat(grids)  # [n_images + n_videos, 3]
+    features = visual(torch.cat(pixels).type(visual.dtype), grid_thw=grid).pooler_output  # [tokens, H]
+    if blank:
+        return kwargs, features.sum() * 0.0
+    pieces = torch.split(features, (grid.prod(-1) // visual.spatial_merge_size**2).tolist())
+    n_images = 0 if inputs.image_grid_thw is None else len(inputs.image_grid_thw)
+    # the model concatenates each modality's per-item features (transformers' own split form)
+    encoded: dict[str, Any] = {}
+    if n_images:
+        encoded["image"] = BaseModelOutputWithPooling(pooler_output=pieces[:n_images])  # type: ignore[arg-type]
+    if len(pieces) > n_images:
+        encoded["video"] = BaseModelOutputWithPooling(pooler_output=pieces[n_images:])  # type: ignore[arg-type]
+    out: dict[str, Any] = {
+        k: v for k, v in kwargs.items() if k not in ("pixel_values", "pixel_values_videos")
+    }
+    out["mm_encoder_outputs"] = encoded
+    return out, None
 
 
 def token_logprobs(
