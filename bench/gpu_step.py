@@ -1,7 +1,10 @@
 """SFT steps and one RL phase of a randomly initialised Qwen2.5-VL at its published shape.
 
 For a GPU machine: it measures what training at real size costs with this repository's code
-(rendering, the forward over selected tokens, the in-process rollout backend, the PPO update):
+(rendering, the forward over selected tokens, the in-process rollout backend, the PPO update).
+It runs the training loops' own steps (``train.sft_steps.sft_step``; a rollout through
+``RolloutEngine``, ``train.rl_steps.compute_old_logprobs`` and ``ppo_update``), in one process
+set up as the loops set it up (an accelerate ``Accelerator``), and times them:
 
     python bench/gpu_step.py --shape qwen2.5-vl-3b --json gpu-3b.json         # one GPU, amp
     python bench/gpu_step.py --shape qwen2.5-vl-7b --precision bf16 --json gpu-7b.json
@@ -11,17 +14,19 @@ What it does, on synthetic needle items rendered at the released training pixel 
 (``--knob grid=10`` by default: a 1400 px canvas, shown at the 2000-token input limit):
 
 - **SFT**: ``--sft-steps`` optimizer steps over ``--sft-batch`` synthesized traces each
-  (forward + backward in micro-batches of ``--micro``, then AdamW), vision tower frozen as in
+  (forward + backward in micro-batches of ``--micro`` grouped by length, the shared-prefix
+  forward where it applies, clipping at 1, then AdamW), vision tower frozen as in
   the SFT recipe. Step time, tokens/s (real tokens, padding excluded), gradient norm and peak
   memory; the first step includes warm-up and is reported apart from the best later one.
 - **RL**: one phase with the vision tower trained, as in the RL recipe (``--rl-freeze-vision``
   freezes it): ``--queries`` x ``--group`` rollouts with the in-process backend (sampling as
   the recipe: temperature 1, top-p 0.95, top-k 40, up to ``--turn-tokens`` per turn), the old
-  log-probs of every rollout, and one PPO update over them in micro-batches of ``--micro``.
+  log-probs of every rollout, and one PPO update over them in micro-batches of ``--micro``
+  (the recipe's clip range, loss normalisation and gradient clipping; no KL term).
   Time of each part, generated tokens/s (prefill and vision encoding included), peak memory.
 
 Precision (``--precision``). ``amp`` (the default on CUDA) keeps fp32 weights and runs the
-forward under bf16 autocast: what ``mixed_precision=bf16`` in the recipes does, 16 bytes per
+forward under bf16 autocast: ``mixed_precision=bf16``, as in the recipes, 16 bytes per
 trained parameter, so 3B fits one 80 GB GPU and 7B needs ZeRO across several, as released.
 ``bf16`` keeps weights, gradients and AdamW's moments in bf16 (8 bytes per trained parameter),
 which lets 7B run on one GPU, but **for timing and memory only**: at lr 1e-6 most bf16 weights
@@ -41,7 +46,6 @@ GPU by the sessions that wrote it (none was lent); bench/RESULTS.md says what wa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import statistics
@@ -56,16 +60,17 @@ import torch
 
 from pixelreasoner.models.tiny import FULL_SHAPES, PRESETS, build_tiny_model
 from pixelreasoner.render import Renderer
-from pixelreasoner.rl.algorithm import ppo_token_loss
 from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import Query, RolloutEngine, RolloutLimits
 from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
 from pixelreasoner.tasks.families import make_family, parse_knobs
 from pixelreasoner.tasks.generate import generate_dataset
-from pixelreasoner.train.rl import RLConfig, Sample, Scorer
-from pixelreasoner.train.sft import apply_freezing, enable_checkpointing
-from pixelreasoner.train.tokens import nll_sum
+from pixelreasoner.train.common import apply_freezing, enable_checkpointing
+from pixelreasoner.train.dist import make_accelerator
+from pixelreasoner.train.rl import RLConfig
+from pixelreasoner.train.rl_steps import Sample, Scorer, compute_old_logprobs, ppo_update
+from pixelreasoner.train.sft_steps import SFTStepStats, sft_step
 from pixelreasoner.vision.budget import pixel_budget
 
 T = TypeVar("T")
@@ -118,10 +123,6 @@ def make_optimizer(args: argparse.Namespace, params: list[torch.nn.Parameter]) -
 
 def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def chunks(values: Sequence[T], size: int) -> list[list[T]]:
-    return [list(values[k : k + size]) for k in range(0, len(values), size)]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -185,15 +186,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sys.exit("--device cuda, but torch sees no CUDA GPU (--device cpu --shape tiny-1m: a smoke run)")
         if device.index is not None:  # a bare 'cuda' means the current device
             torch.cuda.set_device(device)
+    # One process, as the training loops set it up: amp is accelerate's bf16 autocast around the
+    # prepared model's forward, which the steps, the rollouts and the log-prob passes all call.
+    dist = make_accelerator("bf16" if args.precision == "amp" else "no", cpu=device.type == "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = pixel_budget(args.budget)
     meter = Meter(device)
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if args.precision == "amp"
-        else contextlib.nullcontext
-    )
     with tempfile.TemporaryDirectory() as tmp:
         items, conversations = build_data(args, Path(tmp))
         corpus = [t.text for c in conversations for t in c.turns if t.text]
@@ -209,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checkpointing = args.checkpointing == "on" or (args.checkpointing == "auto" and args.shape in FULL_SHAPES)
     if checkpointing:
         enable_checkpointing(model)
+    model = dist.prepare(model)
     figures: dict[str, Any] = {
         "shape": args.shape,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -223,42 +223,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     apply_freezing(model, freeze_vision=True, freeze_projector=False)
     params = trained(model)
     optimizer = make_optimizer(args, params)
-    ordered = sorted(traces, key=len)  # as train_sft: micro-batches of similar length
-    learned = sum(sum(s.loss_mask[1:]) for s in ordered)
-    losses: list[float] = []
-    norms: list[float] = []
 
-    def sft_step() -> int:
+    def sft() -> SFTStepStats:
         model.train()
-        real, total = 0, 0.0
-        for chunk in chunks(ordered, args.micro):
-            batch = renderer.collate(chunk, padding_side="right").to(device)
-            real += int(batch.attention_mask.sum())
-            with autocast():
-                nll, _ = nll_sum(model, batch, batch.loss_mask, share_prefix=True)
-            (nll / learned).backward()
-            total += float(nll.detach())
-        losses.append(total / learned)
-        norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return real
+        stats = sft_step(
+            model,
+            optimizer,
+            params,
+            traces,
+            traces[0],
+            renderer,
+            dist,
+            args.micro,
+            max_grad_norm=1.0,
+            share_prefix=True,
+        )
+        if stats is None:
+            raise RuntimeError("the synthesized traces have no learned tokens")
+        return stats
 
-    steps = [meter.measure(sft_step) for _ in range(args.sft_steps)]
-    tokens = steps[0][0]
+    steps = [meter.measure(sft) for _ in range(args.sft_steps)]
+    tokens = steps[0][0].real
     later = [s for _, s, _ in steps[1:]] or [steps[0][1]]
     figures["sft"] = {
         "trained_parameters_b": sum(p.numel() for p in params) / 1e9,
-        "sequences": len(ordered),
+        "sequences": len(traces),
         "tokens_per_step": tokens,
-        "mean_sequence_tokens": tokens / len(ordered),
+        "mean_sequence_tokens": tokens / len(traces),
         "first_step_s": steps[0][1],
         "step_s": min(later),
         "median_step_s": statistics.median(later),
         "tokens_per_s": tokens / min(later),
         "peak_gib": highest([peak for _, _, peak in steps]),
-        "loss_by_step": [round(v, 4) for v in losses],  # ~ln(vocab) at random init
-        "grad_norm_by_step": [round(v, 4) for v in norms],
+        "loss_by_step": [round(stats.loss, 4) for stats, _, _ in steps],  # ~ln(vocab) at random init
+        "grad_norm_by_step": [round(stats.grad_norm or 0.0, 4) for stats, _, _ in steps],
     }
     print_block("SFT", figures["sft"])
     del optimizer  # RL is a run of its own: its optimizer starts empty
@@ -266,7 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         p.grad = None
 
     # RL: vision tower trained (the RL recipe) ----------------------------------------------------
-    rl = RLConfig()
+    # the recipe's clipping and loss normalisation; one update over all rollouts, no KL term
+    rl = RLConfig(micro_batch=args.micro, train_batch_size=len(queries), ppo_epochs=1, kl_coef=0.0)
     apply_freezing(model, freeze_vision=args.rl_freeze_vision, freeze_projector=False)
     params = trained(model)
     optimizer = make_optimizer(args, params)
@@ -279,34 +278,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model.eval()
         backend = TransformersBackend(model, processor, budget, seed=0)
         engine = RolloutEngine(backend, budget, limits, sampling, later_sampling)
-        with torch.no_grad(), autocast():
+        with torch.no_grad():
             return engine.run(queries)
 
     trajectories, rollout_s, rollout_peak = meter.measure(rollout)
     samples = [Sample(t, 1.0 if k % 2 else -1.0) for k, t in enumerate(trajectories) if t.n_turns]
 
     def old_logprobs() -> None:
-        with torch.no_grad(), autocast():
-            for chunk in chunks(samples, args.micro):
-                logprobs, _, counts = scorer.logprobs(model, chunk, device)
-                for sample, piece in zip(chunk, torch.split(logprobs, counts), strict=True):
-                    sample.old_logprobs = piece
+        compute_old_logprobs(model, None, samples, scorer, args.micro, "recompute", dist.device)
 
     def update() -> float:
         model.train()
-        for chunk in chunks(samples, args.micro):
-            with autocast():
-                logprobs, _, counts = scorer.logprobs(model, chunk, device)
-            old = torch.cat([s.old_logprobs for s in chunk if s.old_logprobs is not None]).to(device)
-            adv = torch.cat([torch.full((c,), s.advantage) for s, c in zip(chunk, counts, strict=True)])
-            result = ppo_token_loss(
-                logprobs, old, adv.to(device), rl.clip_low, rl.clip_high, normalizer=rl.loss_constant
-            )
-            result.loss.backward()
-        norm = float(torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return norm
+        fallback = Sample(trajectories[0], 0.0)
+        stats = ppo_update(model, optimizer, params, samples, fallback, scorer, dist, rl, shuffle_seed=0)
+        return stats["grad_norm"][0] if stats["grad_norm"] else 0.0
 
     _, logprob_s, logprob_peak = meter.measure(old_logprobs)
     grad_norm, update_s, update_peak = meter.measure(update)

@@ -48,6 +48,25 @@ def step_seconds(
     return time.perf_counter() - began, 1 - real / padded
 
 
+def sft_batch(batch: int, preset: str) -> tuple[torch.nn.Module, Renderer, list[RenderedSequence]]:
+    """A tiny model in train mode, its renderer, and ``batch`` rendered traces of all four families."""
+    budget = tiny()
+    with tempfile.TemporaryDirectory() as tmp:
+        per_family = -(-batch // len(FAMILIES))
+        items = generate_dataset(
+            [make_family(f) for f in FAMILIES], per_family, Path(tmp), seed=0, progress=False
+        ).items
+        mix = TraceMix.single_pass(self_correction=0.15, text_only=0.1)
+        conversations, _, _ = TraceSynthesizer(budget, mix=mix, seed=0).run(items, progress=False)
+        conversations = conversations[:batch]
+        corpus = [t.text for c in conversations for t in c.turns if t.text]
+        model, processor = build_tiny_model(preset, seed=0, extra_corpus=corpus)
+        renderer = Renderer(processor, budget)
+        sequences = [renderer.render(c) for c in conversations]
+    model.train()
+    return model, renderer, sequences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -59,20 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    budget = tiny()
-    with tempfile.TemporaryDirectory() as tmp:
-        per_family = -(-args.batch // len(FAMILIES))
-        items = generate_dataset(
-            [make_family(f) for f in FAMILIES], per_family, Path(tmp), seed=0, progress=False
-        ).items
-        mix = TraceMix.single_pass(self_correction=0.15, text_only=0.1)
-        conversations, _, _ = TraceSynthesizer(budget, mix=mix, seed=0).run(items, progress=False)
-        conversations = conversations[: args.batch]
-        corpus = [t.text for c in conversations for t in c.turns if t.text]
-        model, processor = build_tiny_model(args.preset, seed=0, extra_corpus=corpus)
-        renderer = Renderer(processor, budget)
-        sequences = [renderer.render(c) for c in conversations]
-    model.train()
+    model, renderer, sequences = sft_batch(args.batch, args.preset)
     size = -(-len(sequences) // args.micro)
     shuffled = [sequences[k : k + size] for k in range(0, len(sequences), size)]
     ordered = sorted(sequences, key=len)

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from pixelreasoner.threads import configure_threads
+
 # Tests must never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# cores / xdist workers threads per worker (1 each for `-n 2` on 2 cores); OMP_NUM_THREADS wins.
+configure_threads()
 
 
 def _find_protocol_dir() -> Path:

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu_step.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPT = BENCH / "gpu_step.py"
 
 
 def run_gpu_step(tmp_path: Path, *args: str) -> dict:
@@ -38,7 +40,8 @@ def check_figures(figures: dict, rollouts: int) -> None:
     assert rl["trained_parameters_b"] > sft["trained_parameters_b"]
 
 
-CPU = ("--shape", "tiny-1m", "--device", "cpu", "--threads", "2", "--knob", "grid=4")
+# the threads this test worker was given (cores / xdist workers), not more, for the child as well
+CPU = ("--shape", "tiny-1m", "--device", "cpu", "--threads", str(torch.get_num_threads()), "--knob", "grid=4")
 SMALL = ("--sft-batch", "4", "--sft-steps", "2", "--queries", "2", "--group", "2", "--turn-tokens", "16")
 
 
@@ -69,3 +72,17 @@ def test_gpu_step_at_3b_shape_on_the_gpu(tmp_path: Path) -> None:
     # fp32 weights, and fp32 gradients plus two AdamW moments for every trained parameter
     floor = (4 * figures["parameters_b"] + 12 * figures["sft"]["trained_parameters_b"]) * 1e9 / 2**30
     assert figures["sft"]["peak_gib"]["allocated"] >= floor
+
+
+@pytest.mark.slow  # about a minute on 2 cores: two workers import torch, then five phases
+def test_thread_contention_runs_all_phases() -> None:
+    small = ("--batch", "1", "--steps", "1", "--rounds", "1")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "thread_contention.py"), *small],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch's default" in done.stdout and "ours (cores / processes)" in done.stdout
+    assert "faster than with torch's default" in done.stdout

@@ -286,23 +286,50 @@ def test_visuals_encoded_first_give_the_models_own_logits(setup, tmp_path) -> No
     assert tower and all(p.grad is not None and not p.grad.any() for p in tower)
 
 
+def test_mixed_precision_reaches_the_vision_tower(setup) -> None:  # type: ignore[no-untyped-def]
+    """Regression: accelerate's autocast wraps the model's forward only; the training forward calls
+    the vision tower directly, so under ``mixed_precision: bf16`` the tower ran in fp32."""
+    from pixelreasoner.train.dist import make_accelerator
+    from pixelreasoner.train.tokens import selected_logits
+
+    data, model_dir = setup
+    model, processor = load_model(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    prepared, _ = make_accelerator("bf16").prepare(model, optimizer)
+    seen: list[torch.dtype] = []
+    model.model.visual.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    conversation = Query.from_item(read_items(data).items[0], BUDGET).conversation
+    conversation.add_model_turn("It is \\boxed{A}.")
+    batch = Renderer(processor, BUDGET)([conversation], padding_side="right")
+    selected_logits(prepared, batch, batch.loss_mask)
+    assert seen == [torch.bfloat16]
+
+
 def _launch(processes: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.mark.parametrize("loss_norm", ["constant", "tokens"])
-def test_the_update_does_not_depend_on_how_many_processes_share_the_batch(setup, tmp_path, loss_norm) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("loss_norm", "strategy", "checkpointing"),
+    [("constant", "auto", "0"), ("tokens", "auto", "0"), ("constant", "fsdp", "0"), ("tokens", "fsdp", "1")],
+    ids=["constant-ddp", "tokens-ddp", "constant-fsdp", "tokens-fsdp-checkpointing"],
+)
+def test_the_update_does_not_depend_on_how_many_processes_share_the_batch(  # type: ignore[no-untyped-def]
+    setup, tmp_path, loss_norm, strategy, checkpointing
+) -> None:
     """Regression: with ``loss_norm: constant`` every process divided its summed token loss by 200
     and DDP then averaged over processes, so the same global batch moved the parameters half as
-    far on two processes as on one. One and two processes must now give the same parameters."""
+    far on two processes as on one. One process and two (DDP, or FSDP2 with its parameters,
+    gradients and optimizer state sharded, with and without activation checkpointing) must now
+    give the same parameters after an SGD step over the same global batch."""
     data, model = setup
     script = str(Path(__file__).with_name("dist_ppo_update.py"))
     after = {}
-    for processes in (1, 2):
+    for processes, how in ((1, "auto"), (2, strategy)):
         out = tmp_path / f"params-{processes}.pt"
-        done = _launch(processes, script, str(model), str(data), str(out), loss_norm)
+        done = _launch(processes, script, str(model), str(data), str(out), loss_norm, how, checkpointing)
         assert done.returncode == 0, done.stderr[-3000:]
         after[processes] = torch.load(out)
     before = weights(model)
@@ -310,6 +337,17 @@ def test_the_update_does_not_depend_on_how_many_processes_share_the_batch(setup,
     differ = max((after[1][k] - after[2][k]).abs().max().item() for k in before)
     assert moved > 1e-4  # the step did something the comparison can see
     assert differ < 1e-6 * max(1.0, moved * 1e2), (moved, differ)
+
+
+def test_rollouts_on_the_sharded_model_match_the_unsharded_one(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """FSDP2: rollouts inside ``gathered`` with unequal work per process (1 and 3 queries, a crop
+    then a KV-cache continuation) give the unsharded model's token ids and log-probs, do not hang,
+    and the resharded model still trains (tests/dist_fsdp_rollout.py)."""
+    data, model = setup
+    script = str(Path(__file__).with_name("dist_fsdp_rollout.py"))
+    done = _launch(2, script, str(model), str(data), str(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ok-0").is_file() and (tmp_path / "ok-1").is_file()
 
 
 def test_two_processes_survive_batches_without_images(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]

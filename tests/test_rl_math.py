@@ -25,7 +25,7 @@ from pixelreasoner.rl.reward import (
     group_rewards,
     rapr,
 )
-from pixelreasoner.train.sft import cosine_schedule
+from pixelreasoner.train.common import cosine_schedule
 
 PAPER, RELEASED = RewardConfig(), RewardConfig.released()
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,8 +23,11 @@ from pixelreasoner.synth.traces import TraceSynthesizer
 from pixelreasoner.tasks.families import make_family
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train import sft as sft_module
+from pixelreasoner.train.common import apply_freezing
+from pixelreasoner.train.dist import make_accelerator
 from pixelreasoner.train.metrics import read_metrics
-from pixelreasoner.train.sft import SFTConfig, TraceDataset, apply_freezing, initial_model, train_sft
+from pixelreasoner.train.sft import SFTConfig, TraceDataset, initial_model, train_sft
+from pixelreasoner.train.sft_steps import learned_tokens, sft_step
 from pixelreasoner.train.tokens import nll_sum, shared_prefix_length
 from pixelreasoner.trajectory import ImagePart
 from pixelreasoner.vision.budget import tiny
@@ -117,13 +121,8 @@ def test_resume_matches_an_uninterrupted_run(traces: Path, tmp_path: Path) -> No
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
-def test_two_processes_match_one(traces: Path, tmp_path: Path) -> None:
-    """2 processes x batch 4 (gloo) follow the same data order and loss normalisation as 1 x 8.
-
-    The two processes run the shared-prefix forward (the default) and the single one does not,
-    so this also checks that DDP reduces the gradients that reach the prefix.
-    """
-    single = train_sft(config(traces, tmp_path / "single", max_steps=3, share_prefix=False))
+def _two_processes(traces: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """``pixelreasoner sft`` on 2 gloo processes, batch 4 each (the global batch of 1 x 8)."""
     command = [
         sys.executable,
         "-m",
@@ -132,22 +131,64 @@ def test_two_processes_match_one(traces: Path, tmp_path: Path) -> None:
         "2",
         "-m",
         "pixelreasoner.cli",
-        "sft",
-        f"data={traces}",
-        f"out_dir={tmp_path / 'double'}",
-        "batch_size=4",
-        "max_steps=3",
-        "lr=2e-3",
-        "warmup_ratio=0",
-        "progress=false",
-        "metrics=jsonl",
-        "log_every=1",
     ]
+    command += ["sft", f"data={traces}", f"out_dir={out}", "batch_size=4", "lr=2e-3", "warmup_ratio=0"]
+    command += ["progress=false", "metrics=jsonl", "log_every=1", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    losses = [r["train/loss"] for r in read_metrics(tmp_path / "double" / "metrics.jsonl")]
-    assert losses == pytest.approx(single.losses, abs=1e-4)
+    return done
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["train/loss"] for r in read_metrics(out / "metrics.jsonl")]
+
+
+def test_two_processes_match_one(traces: Path, tmp_path: Path) -> None:
+    """2 processes x batch 4 (gloo) follow the same data order and loss normalisation as 1 x 8.
+
+    The two processes run the shared-prefix forward (the default) and the single one does not,
+    so this also checks that DDP reduces the gradients that reach the prefix.
+    """
+    single = train_sft(config(traces, tmp_path / "single", max_steps=3, share_prefix=False))
+    _two_processes(traces, tmp_path / "double", "max_steps=3")
+    assert _losses(tmp_path / "double") == pytest.approx(single.losses, abs=1e-4)
+
+
+def test_sharded_training_matches_one_process_resumes_and_exports(traces: Path, tmp_path: Path) -> None:
+    """FSDP2 on 2 processes (micro-batches of 2 with gradient sync on the last only, activation
+    checkpointing) gives one process's losses over the same global batches; a run killed after
+    2 steps resumes from its sharded checkpoint to the same losses and weights as an
+    uninterrupted one; ``pixelreasoner export`` rebuilds the checkpoint's model from the shards on
+    one process, and it equals the final weights."""
+    single = train_sft(config(traces, tmp_path / "single", max_steps=4, share_prefix=False))
+    sharded = ("strategy=fsdp", "grad_accum=2", "gradient_checkpointing=true", "max_steps=4")
+    _two_processes(traces, tmp_path / "straight", *sharded)
+    assert _losses(tmp_path / "straight") == pytest.approx(single.losses, abs=1e-4)
+    _two_processes(traces, tmp_path / "cut", *sharded, "stop_after_steps=2")
+    assert not (tmp_path / "cut" / "final").exists()
+    _two_processes(traces, tmp_path / "cut", *sharded)
+    assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "straight"), abs=1e-6)
+    straight, resumed = weights(tmp_path / "straight" / "final"), weights(tmp_path / "cut" / "final")
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-6
+    exported = tmp_path / "exported"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixelreasoner.cli",
+            "export",
+            str(tmp_path / "cut" / "checkpoints" / "step-000004"),
+            str(exported),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rebuilt = weights(exported)
+    assert max((rebuilt[k] - resumed[k]).abs().max().item() for k in resumed) == 0.0
 
 
 def _batch_and_model(traces: Path):  # type: ignore[no-untyped-def]
@@ -306,3 +347,46 @@ def test_freezing_is_set_both_ways(tiny) -> None:  # type: ignore[no-untyped-def
     apply_freezing(model, freeze_vision=False, freeze_projector=True)  # the next stage unfreezes
     assert trains("visual.blocks") == {True} and trains("visual.merger") == {False}
     assert trains("language_model") == {True}
+
+
+class _OneMorePass:
+    """The run's distribution object, as if another process had one more micro-batch than this."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        return tensor + 1 if reduction == "max" else tensor
+
+
+def test_sft_step_runs_a_zero_weight_stand_in_and_skips_steps_with_nothing_to_learn(
+    traces: Path, tiny: tuple[torch.nn.Module, Any]
+) -> None:
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    renderer = Renderer(processor, BUDGET)
+    sequences = [renderer.render(c) for c in read_traces(traces).conversations[:3]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.0)  # the weights stay, so both runs see the same model
+    dist = make_accelerator(cpu=True)
+    passes: list[int] = []
+    model.register_forward_hook(lambda *_: passes.append(1))
+
+    assert sft_step(model, optimizer, trainable, [], sequences[0], renderer, dist, 2, 1.0) is None
+    assert passes == []  # nothing ran: no process had a token to learn
+    plain = sft_step(model, optimizer, trainable, sequences, sequences[0], renderer, dist, 2, 1.0)
+    assert plain is not None and len(passes) == 2
+    padded = sft_step(
+        model, optimizer, trainable, sequences, sequences[0], renderer, _OneMorePass(dist), 2, 1.0
+    )
+    assert padded is not None and len(passes) == 5  # a third, zero-weight pass kept the processes in step
+    assert plain.learned == learned_tokens(sequences) and padded.learned == plain.learned
+    assert (padded.real, padded.padded) == (plain.real, plain.padded)  # the stand-in is not counted
+    assert padded.loss == pytest.approx(plain.loss) and padded.grad_norm == pytest.approx(plain.grad_norm)
+    with torch.no_grad():
+        singly = sum(
+            float(nll_sum(model, b, b.loss_mask)[0]) for b in map(renderer.collate, ([s] for s in sequences))
+        )
+    assert plain.nll == pytest.approx(singly, rel=1e-5)

@@ -60,6 +60,9 @@ def _cmd_budgets(args: argparse.Namespace) -> int:
         print(name)
         for field in ("inputs", "crops", "frames", "video", "processor"):
             rng = getattr(budget, field)
+            if rng is None:  # frames=None: returned unresized
+                print(f"  {field:<10} not resized")
+                continue
             print(
                 f"  {field:<10} {rng.min_pixels // TOKEN_PX:>5} .. {rng.max_pixels // TOKEN_PX:<5}"
                 " tokens (x 28*28 px)"
@@ -245,11 +248,48 @@ def _cmd_sft(args: argparse.Namespace) -> int:
         raise SystemExit(f"config error: {exc}") from None
     result = train_sft(config)
     last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-    print(
-        f"sft finished: {result.steps} steps, final loss {last}, {result.tokens_per_second:.0f} tokens/s, "
-        f"{result.skipped} traces skipped in training, {result.load_problems} unreadable records; "
-        f"model in {result.final_dir}"
-    )
+    if _is_main_process():
+        print(
+            f"sft finished: {result.steps} steps, final loss {last}, {result.tokens_per_second:.0f} "
+            f"tokens/s, {result.skipped} traces skipped in training, {result.load_problems} unreadable "
+            f"records; model in {result.final_dir}"
+        )
+    return _leave_process_group(0)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _leave_process_group(code: int) -> int:
+    """End a multi-process run cleanly: leave the process group, then exit at once.
+
+    FSDP2 with gloo aborted at interpreter exit after ``destroy_process_group`` in ~10-15% of
+    runs ("terminate called without an active exception"); exiting right after it did not
+    (shared/TOOLCHAIN.md, "Sharded training"). Single-process runs return normally.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return code
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pixelreasoner.train.checkpoint import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"export: {exc}") from None
+    print(f"exported {args.checkpoint} to {out} (loads with load_model, eval and chat)")
     return 0
 
 
@@ -263,14 +303,14 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     result = train_rl(config)
-    if result.history:
+    if result.history and _is_main_process():
         first, last = result.history[0], result.history[-1]
         print(
             f"rl finished: {result.steps} steps; reward {first['reward']:.3f} -> {last['reward']:.3f}, "
             f"accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}, RaPR {first['rapr']:.2f} -> "
             f"{last['rapr']:.2f}; model in {result.final_dir}"
         )
-    return 0
+    return _leave_process_group(0)
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
@@ -513,6 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
     p.set_defaults(func=_cmd_rl)
     p = sub.add_parser(
+        "export",
+        help="a sharded (strategy=fsdp) checkpoint as an ordinary Hugging Face model folder",
+        description="Read the sharded training state of a checkpoint written under strategy=fsdp "
+        "(OUT_DIR/checkpoints/step-N, any number of processes) in one process and write the model "
+        "and processor as a Hugging Face folder that load_model, eval and chat read.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/rl/checkpoints/step-000100")
+    p.add_argument("out", help="the folder to write")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser(
         "quickstart",
         help="the whole method on CPU: tasks, traces, SFT, RL with/without curiosity, text-only, report",
         description="Generate synthetic tasks, synthesize warm-start traces, build the tiny model, SFT, "
@@ -535,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pixelreasoner.threads import configure_threads
+
+    configure_threads()  # cores / processes threads each, before any torch work (OMP_NUM_THREADS wins)
     return int(args.func(args))
 
 

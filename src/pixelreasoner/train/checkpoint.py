@@ -1,8 +1,9 @@
 """Checkpoints in named directories, written atomically, resumable.
 
 ``OUT/checkpoints/step-000120/`` holds the model and processor in ``save_pretrained`` format
-(loadable by ``load_model`` and plain transformers), accelerate's training state (optimizer,
-scheduler, every process's RNG states, as accelerate saves them), and
+(loadable by ``load_model`` and plain transformers; under ``fsdp`` gathered from the shards),
+the strategy's training state in ``training_state/`` (optimizer, scheduler, every process's RNG
+states: accelerate's files, or under ``fsdp`` a sharded DCP checkpoint), and
 ``trainer_state.json`` (step, data position, the stage's own state). Each checkpoint is
 written to ``step-000120.tmp`` and renamed when complete, so a run killed mid-save leaves the
 previous checkpoint intact; a leftover ``.tmp`` directory is ignored and replaced.
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_DIR = "training_state"
+"""The strategy's own state (accelerate's files, or the sharded DCP checkpoint under fsdp)."""
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -57,14 +60,13 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "accelerate"))
+    (tmp / STATE_DIR).mkdir(exist_ok=True)
+    accelerator.save_state(str(tmp / STATE_DIR))
     if per_process is not None:
         torch.save(per_process, tmp / f"process_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    export_model(accelerator, model, processor, tmp)
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(tmp, state_dict=accelerator.get_state_dict(model), safe_serialization=True)
-        processor.save_pretrained(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -73,6 +75,43 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def export_model(dist: Any, model: Any, processor: Any, folder: str | Path) -> None:
+    """Write the model and processor as an ordinary Hugging Face folder; every process must call
+    this (a sharded model's full state dict is gathered collectively, to process 0, which writes)."""
+    state_dict = dist.get_state_dict(model)
+    if dist.is_main_process:
+        dist.unwrap_model(model).save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(folder)
+    dist.wait_for_everyone()
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a sharded (``strategy: fsdp``) checkpoint's model as an ordinary Hugging Face folder.
+
+    Runs in one process without a process group, whatever number of processes wrote the shards:
+    the model is built from the checkpoint's ``config.json``, its weights read from the DCP files,
+    then saved with the processor. ``load_model``, ``eval`` and ``chat`` read the result.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from pixelreasoner.models.loading import VLProcessor
+    from pixelreasoner.train.fsdp import SHARDED_DIR, export_sharded
+
+    folder, target = Path(checkpoint), Path(out)
+    state = folder / STATE_DIR
+    if not (state / SHARDED_DIR).is_dir():
+        raise ValueError(
+            f"{folder} holds no sharded training state ({state / SHARDED_DIR} is missing); only "
+            "strategy=fsdp writes one, and a checkpoint's own model files already load with load_model"
+        )
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    export_sharded(state, model)
+    model.save_pretrained(target, safe_serialization=True)
+    VLProcessor.from_pretrained(str(folder)).save_pretrained(target)
+    return target
 
 
 def load_process_state(path: str | Path, rank: int) -> dict[str, Any]:
@@ -86,6 +125,6 @@ def load_process_state(path: str | Path, rank: int) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, accelerator: Any) -> dict[str, Any]:
     """Restore accelerate's state (model, optimizer, scheduler, RNG) and return trainer_state."""
     folder = Path(path)
-    accelerator.load_state(str(folder / "accelerate"))
+    accelerator.load_state(str(folder / STATE_DIR))
     state: dict[str, Any] = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     return state

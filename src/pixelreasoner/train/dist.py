@@ -1,13 +1,24 @@
-"""Distributed plumbing, in one place: accelerate decides DDP / FSDP / DeepSpeed from its config.
+"""Distributed plumbing, in one place: the strategy object the training loops and steps use.
 
-Stage code asks this module for an :class:`~accelerate.Accelerator`, sums counts across
-processes, and never looks at ranks otherwise. Launch multi-process runs with
-``accelerate launch`` (or ``torchrun``); on CPU the backend is gloo.
+:func:`make_distribution` gives, from a stage's ``strategy`` option:
+
+- ``auto`` / ``single`` / ``ddp``: accelerate's ``Accelerator`` (one process, or DDP over GPUs
+  or CPU processes when launched with ``accelerate launch``/``torchrun``), as :class:`Replicated`;
+- ``fsdp``: :class:`~pixelreasoner.train.fsdp.FSDPTraining`, sharded data parallel on FSDP2.
+
+Both offer the same interface (``prepare``, ``backward``, ``no_sync``, ``clip_grad_norm_``,
+``reduce``, ``gathered``, ``save_state``/``load_state``, ``get_state_dict``, ...), so stage code
+never branches on the strategy; it sums counts across processes with :func:`sum_across` and
+never looks at ranks otherwise. On CPU the backend is gloo.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,19 +28,68 @@ from accelerate.utils import DistributedType
 
 UNSUPPORTED = {
     DistributedType.DEEPSPEED: (
-        "DeepSpeed is not supported yet: the training loops accumulate micro-batches and step the "
-        "optimizer themselves, while DeepSpeed's engine steps on every backward, needs a "
-        "DataLoader in prepare() for its batch size, and (ZeRO-3) gathers parameters in every "
-        "forward, which the per-process rollouts would call a different number of times"
+        "DeepSpeed is not supported: the training loops accumulate micro-batches and step the "
+        "optimizer themselves, while DeepSpeed's engine steps on every backward and needs a "
+        "DataLoader in prepare(); and ZeRO-3 gathers parameters inside every forward, so "
+        "processes that generate different amounts in their rollouts hang (measured: DeepSpeed "
+        "0.19.8, 2 CPU processes). Use strategy=fsdp for sharded training"
     ),
     DistributedType.FSDP: (
-        "FSDP is not supported yet: rollouts call the unwrapped model, whose parameters FSDP has "
-        "sharded, and the final save gathers the state dict on one process only"
+        "accelerate's FSDP plugin is not used (on CPU it silently falls back to DDP, and its "
+        "state saving breaks when forced); set strategy=fsdp, which shards with FSDP2 directly"
     ),
 }
 
 
-def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Accelerator:
+class Replicated(Accelerator):
+    """One process or DDP (accelerate), with the interface the ``fsdp`` strategy also has."""
+
+    shares_prefix = True
+    """The shared-prefix forward (``train.tokens``) is tested here, in one process and under DDP."""
+
+    def prepare(self, *args: Any, **kwargs: Any) -> Any:
+        """accelerate's prepare (model first), plus autocast around the vision tower under mixed
+        precision: accelerate puts autocast around the model's ``forward`` only, and the training
+        forward calls the vision tower directly (``train.tokens.encode_visuals``), which then ran
+        in fp32."""
+        prepared = super().prepare(*args, **kwargs)
+        model = prepared[0] if isinstance(prepared, tuple) else prepared
+        visual = getattr(getattr(self.unwrap_model(model), "model", None), "visual", None)
+        if visual is not None and self.mixed_precision != "no":
+            visual.forward = _in_context(visual.forward, self.autocast)
+        return prepared
+
+    @contextlib.contextmanager
+    def gathered(self, model: Any) -> Iterator[Any]:
+        """The model to roll out with: already whole on every process."""
+        yield self.unwrap_model(model)
+
+    def end(self) -> None:
+        """Nothing to release (accelerate keeps its process group for the program's lifetime)."""
+
+
+def _in_context(function: Any, context: Any) -> Any:
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with context():
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+def make_distribution(options: Any) -> Any:
+    """The strategy object for a stage's :class:`~pixelreasoner.train.options.RunOptions`."""
+    if options.strategy == "fsdp":
+        from pixelreasoner.train.fsdp import FSDPTraining
+
+        return FSDPTraining(options.mixed_precision, options.fsdp)
+    accelerator = make_accelerator(options.mixed_precision)
+    if options.strategy == "single" and accelerator.num_processes > 1:
+        raise ValueError(f"strategy=single, but {accelerator.num_processes} processes were launched")
+    return accelerator
+
+
+def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Replicated:
     """An Accelerator; ``cpu`` forces CPU (default: CPU when no GPU is visible)."""
     use_cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     if use_cpu and mixed_precision == "fp16":
@@ -38,7 +98,7 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None) -> Ac
     # another (the quickstart does) with different precision, so start each from a clean state.
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=use_cpu)
+    accelerator = Replicated(mixed_precision=mixed_precision, cpu=use_cpu)
     check_supported(accelerator)
     return accelerator
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from pixelreasoner.train.fsdp import FSDPOptions
 
 
 @dataclass
 class RunOptions:
     """Fields every training stage has (the stage's own config adds the rest)."""
 
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    """How processes share the work. auto/ddp: every process holds the whole model (one process,
+    or DDP under ``accelerate launch``/``torchrun``); single: refuse several processes; fsdp:
+    parameters, gradients and optimizer state sharded over the processes (FSDP2), needed for 7B."""
+    fsdp: FSDPOptions = field(default_factory=FSDPOptions)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Compute precision. Under fsdp, bf16 means bf16 parameters for compute with fp32 master
+    weights and fp32 gradient reduction; fp16 is not supported there."""
     seed: int = 0
     log_every: int = 10
     save_every: int = 0

@@ -43,12 +43,14 @@ from pixelreasoner.rollout.backend import SamplingParams
 from pixelreasoner.rollout.engine import Query, RolloutEngine, RolloutLimits
 from pixelreasoner.rollout.hf import TransformersBackend
 from pixelreasoner.train.checkpoint import (
+    export_model,
     latest_checkpoint,
     load_checkpoint,
     load_process_state,
     save_checkpoint,
 )
-from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
+from pixelreasoner.train.common import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
+from pixelreasoner.train.dist import make_distribution, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
 from pixelreasoner.train.rl_steps import (
@@ -63,7 +65,6 @@ from pixelreasoner.train.rl_steps import (
     select_batch,
     warn_bad_inputs,
 )
-from pixelreasoner.train.sft import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
 from pixelreasoner.vision.budget import pixel_budget
 
 
@@ -153,7 +154,7 @@ class RLResult:
 # ---------------------------------------------------------------------------------- the loop
 def train_rl(config: RLConfig) -> RLResult:
     """Run RL as configured; resumes from ``out_dir``'s latest checkpoint when ``resume``."""
-    accelerator = make_accelerator(config.mixed_precision)
+    accelerator = make_distribution(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(config.seed, rank)
     if config.queries_per_step % world:
@@ -177,9 +178,8 @@ def train_rl(config: RLConfig) -> RLResult:
     if config.kl_coef > 0:
         reference, _ = load_model(config.model, dtype=torch.float32, device=str(accelerator.device))
         reference.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable,
+        [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
         betas=tuple(config.adam_betas),  # type: ignore[arg-type]
         weight_decay=config.weight_decay,
@@ -190,9 +190,10 @@ def train_rl(config: RLConfig) -> RLResult:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]  # sharded under fsdp
 
     renderer = Renderer(processor, budget)
-    scorer = Scorer(renderer, config.share_prefix)
+    scorer = Scorer(renderer, config.share_prefix and accelerator.shares_prefix)
     backend = TransformersBackend(
         accelerator.unwrap_model(model), processor, budget, seed=config.seed + 7919 * rank
     )
@@ -251,39 +252,48 @@ def train_rl(config: RLConfig) -> RLResult:
         mine = [items[i] for i in indices[rank * share : (rank + 1) * share]]
         metrics: dict[str, float] = {}
 
-        # 1. rollout -----------------------------------------------------------------------
-        began = time.perf_counter()
-        model.eval()
-        queries = [
-            Query.from_item(item, budget, config.mode) for item in mine for _ in range(config.group_size)
-        ]
-        trajectories = engine.run(queries, max_batch=config.rollout_batch)
-        backend.reset()  # the last batch's KV cache must not sit in memory through the update
+        # Rollouts and old log-probs use the full weights on every process (gathered once under
+        # fsdp); no collective runs inside, so processes may generate different amounts.
+        with accelerator.gathered(model) as policy:
+            # 1. rollout -----------------------------------------------------------------------
+            began = time.perf_counter()
+            policy.eval()
+            queries = [
+                Query.from_item(item, budget, config.mode) for item in mine for _ in range(config.group_size)
+            ]
+            trajectories = engine.run(queries, max_batch=config.rollout_batch)
+            backend.reset()  # the last batch's KV cache must not sit in memory through the update
+            metrics["time_rollout"] = time.perf_counter() - began
+
+            # 2. reward and advantages, 3. filter (pure: no model, no collective) -----------------
+            scores = score_groups(
+                mine,
+                trajectories,
+                config.group_size,
+                config.reward,
+                config.filter,
+                config.scale_advantage_by_std,
+            )
+            warn_bad_inputs(scores.bad_inputs)
+            batch_samples = select_batch(
+                scores.fresh, replay, replay_rng, config.filter, config.train_batch_size
+            )
+
+            # 4. old log-probs (no gradient) ----------------------------------------------------
+            began = time.perf_counter()
+            compute_old_logprobs(
+                policy,
+                reference,
+                scores.fresh,
+                scorer,
+                config.micro_batch,
+                config.old_logprobs,
+                accelerator.device,
+            )
+            if config.filter == "ssr":
+                add_to_replay(scores.fresh, replay, budget)
+            metrics["time_logprob"] = time.perf_counter() - began
         model.train()
-        metrics["time_rollout"] = time.perf_counter() - began
-
-        # 2. reward and advantages, 3. filter (pure: no model, no collective) ---------------------
-        scores = score_groups(
-            mine, trajectories, config.group_size, config.reward, config.filter, config.scale_advantage_by_std
-        )
-        warn_bad_inputs(scores.bad_inputs)
-        batch_samples = select_batch(scores.fresh, replay, replay_rng, config.filter, config.train_batch_size)
-
-        # 4. old log-probs (no gradient: the unwrapped model, no collectives) -----------------
-        began = time.perf_counter()
-        policy = accelerator.unwrap_model(model)
-        compute_old_logprobs(
-            policy,
-            reference,
-            scores.fresh,
-            scorer,
-            config.micro_batch,
-            config.old_logprobs,
-            accelerator.device,
-        )
-        if config.filter == "ssr":
-            add_to_replay(scores.fresh, replay, budget)
-        metrics["time_logprob"] = time.perf_counter() - began
 
         # 5. update ---------------------------------------------------------------------------
         began = time.perf_counter()
@@ -370,12 +380,8 @@ def train_rl(config: RLConfig) -> RLResult:
     bar.close()
     checkpoint()
     final_dir = out / "final"
-    if state["step"] >= config.steps and accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(
-            final_dir, state_dict=accelerator.get_state_dict(model)
-        )
-        processor.save_pretrained(final_dir)
-    accelerator.wait_for_everyone()
+    if state["step"] >= config.steps:
+        export_model(accelerator, model, processor, final_dir)
     logger.close()
     return RLResult(out, final_dir, state["step"], list(state["history"]))
 

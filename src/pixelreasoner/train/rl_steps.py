@@ -35,7 +35,8 @@ from pixelreasoner.rl.algorithm import (
     token_entropy,
 )
 from pixelreasoner.rl.reward import RewardConfig, RewardParts, RolloutFacts, group_rewards
-from pixelreasoner.train.dist import max_across, sum_across
+from pixelreasoner.train.common import lockstep_chunks
+from pixelreasoner.train.dist import sum_across
 from pixelreasoner.train.tokens import selected_logits
 from pixelreasoner.trajectory import Conversation, ImagePart, Trajectory, Turn, VideoPart
 from pixelreasoner.vision.budget import PixelBudget
@@ -247,15 +248,6 @@ def _sampler_logprobs(sample: Sample) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- update
-def lockstep_chunks(dist: Any, values: list[Any], size: int) -> list[list[Any]]:
-    """``values`` in chunks of ``size``, padded with empty chunks to the largest count on any
-    process: every process then runs the same number of forward/backward passes (an empty chunk
-    runs a zero-weight pass), which DDP's and FSDP's collectives need."""
-    chunks = [values[i : i + size] for i in range(0, len(values), size)]
-    count = max_across(dist, len(chunks))
-    return chunks + [[] for _ in range(count - len(chunks))]
-
-
 def loss_normalizer(config: RLConfig, samples: int, tokens: int, world: int) -> float:
     """What each process divides its summed token loss by, given the minibatch's global sample
     and token counts, so that the update does not depend on how many processes share it.
@@ -356,7 +348,6 @@ __all__ = [
     "add_to_replay",
     "compute_old_logprobs",
     "for_replay",
-    "lockstep_chunks",
     "loss_normalizer",
     "ppo_update",
     "rollout_facts",

@@ -7,7 +7,8 @@ last two assistant turns are learned), chosen by ``mask_rule``.
 
 The mean is taken over all learned tokens of an optimizer step, across micro-batches and
 processes, so ``batch_size=8, grad_accum=1`` and ``batch_size=8, grad_accum=4`` (micro-batches
-of 2) give the same update.
+of 2) give the same update. The step itself is :func:`~pixelreasoner.train.sft_steps.sft_step`;
+this module keeps the data, the set-up and when things happen (schedule, logging, saving).
 
 Run: ``pixelreasoner sft configs/sft_tiny.yaml [key=value ...]``; multi-process with
 ``accelerate launch -m pixelreasoner.cli sft ...``.
@@ -15,16 +16,13 @@ Run: ``pixelreasoner sft configs/sft_tiny.yaml [key=value ...]``; multi-process 
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,11 +31,12 @@ from pixelreasoner.data.formats import read_traces
 from pixelreasoner.models.loading import VLProcessor, load_model
 from pixelreasoner.models.tiny import PRESETS, build_tiny_model
 from pixelreasoner.render import RenderedSequence, Renderer
-from pixelreasoner.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from pixelreasoner.train.dist import make_accelerator, seed_everything, sum_across
+from pixelreasoner.train.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from pixelreasoner.train.common import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
+from pixelreasoner.train.dist import make_distribution, seed_everything, sum_across
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
-from pixelreasoner.train.tokens import nll_sum
+from pixelreasoner.train.sft_steps import sft_step
 from pixelreasoner.trajectory import Conversation
 from pixelreasoner.vision.budget import pixel_budget
 from pixelreasoner.vision.images import ImageLoadError
@@ -144,25 +143,6 @@ class TraceDataset(torch.utils.data.Dataset[RenderedSequence | BadRow]):
         return seq
 
 
-class EpochOrder:
-    """A seeded permutation per epoch; ``(epoch, offset)`` is the resumable data position."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
-
-    def batches(self, batch: int, epoch: int, offset: int) -> Iterator[tuple[int, int, list[int]]]:
-        """Yield (epoch, next_offset, indices) forever, dropping each epoch's incomplete tail."""
-        while True:
-            order = self.permutation(epoch)
-            while offset + batch <= self.size:
-                yield epoch, offset + batch, [int(i) for i in order[offset : offset + batch]]
-                offset += batch
-            epoch, offset = epoch + 1, 0
-
-
 # ---------------------------------------------------------------------------------- model
 def initial_model(config: SFTConfig, conversations: Sequence[Conversation]) -> tuple[Any, VLProcessor]:
     """Where SFT starts: a tiny preset (its tokenizer trained on the traces' text) or a checkpoint."""
@@ -172,37 +152,12 @@ def initial_model(config: SFTConfig, conversations: Sequence[Conversation]) -> t
     return load_model(config.model, dtype=torch.float32)
 
 
-def apply_freezing(model: torch.nn.Module, freeze_vision: bool, freeze_projector: bool) -> None:
-    """Set which vision parameters of a Qwen2.5-VL train: the blocks unless ``freeze_vision``, the
-    projector (``visual.merger``) unless ``freeze_projector``. Both ways, so a model can be frozen
-    for one stage and unfrozen for the next; the language model's parameters are left as they are."""
-    for name, param in model.named_parameters():
-        if ".visual." not in f".{name}":
-            continue
-        frozen = freeze_projector if ".merger." in name else freeze_vision
-        param.requires_grad_(not frozen)
-
-
-def enable_checkpointing(model: Any) -> None:
-    """Activation checkpointing (transformers 5 renamed the method; the old name warns)."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable()
-
-
-def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine from 1 to ``min_ratio``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 # ---------------------------------------------------------------------------------- loop
 def train_sft(config: SFTConfig) -> SFTResult:
     """Run SFT as configured; resumes from ``out_dir``'s latest checkpoint when ``resume``."""
     if config.batch_size % config.grad_accum:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by grad_accum {config.grad_accum}")
-    accelerator = make_accelerator(config.mixed_precision)
+    accelerator = make_distribution(config)
     seed_everything(config.seed, accelerator.process_index)
     out = Path(config.out_dir)
     resume_from = latest_checkpoint(out / "checkpoints") if config.resume else None
@@ -234,9 +189,8 @@ def train_sft(config: SFTConfig) -> SFTResult:
     total = config.max_steps or config.epochs * steps_per_epoch
     warmup = int(config.warmup_ratio * total)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable,
+        [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
         betas=tuple(config.adam_betas),  # type: ignore[arg-type]
         weight_decay=config.weight_decay,
@@ -247,6 +201,8 @@ def train_sft(config: SFTConfig) -> SFTResult:
     # The scheduler stays unprepared: accelerate would step it once per process per step.
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]  # sharded under fsdp
+    share_prefix = config.share_prefix and accelerator.shares_prefix
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "offset": 0, "skipped": 0, "losses": []}
     if resume_from is not None:
@@ -277,58 +233,40 @@ def train_sft(config: SFTConfig) -> SFTResult:
             accelerator.process_index * config.batch_size : (accelerator.process_index + 1)
             * config.batch_size
         ]
-        rendered = [dataset[i] for i in mine]
-        bad = [r for r in rendered if isinstance(r, BadRow)]
-        for row in bad:
-            warnings.warn(f"skipping trace {row.index}: {row.reason}", stacklevel=1)
-        # Sorted by length, micro-batches hold similar lengths (less padding); the step's loss is
-        # a sum over all its sequences, so the grouping does not change it.
-        good = sorted((r for r in rendered if isinstance(r, RenderedSequence)), key=len)
-        chunks = [good[k : k + micro] for k in range(0, config.batch_size, micro)]
-        learned_here = sum(sum(s.loss_mask[1:]) for s in good)
-        learned_total = sum_across(accelerator, learned_here)
-        state["skipped"] += int(sum_across(accelerator, len(bad)))
-        if learned_total == 0:
+        good, bad = _render(dataset, mine)
+        state["skipped"] += int(sum_across(accelerator, bad))
+        stats = sft_step(
+            model,
+            optimizer,
+            trainable,
+            good,
+            fallback,
+            renderer,
+            accelerator,
+            micro,
+            config.max_grad_norm,
+            share_prefix,
+        )
+        if stats is None:  # no process has a token to learn: the data moves on, the step does not
             state["epoch"], state["offset"] = epoch, offset
             continue
-        nll_total, padded, real = 0.0, 0, 0
-        for k, chunk in enumerate(chunks):
-            weight = 1.0
-            if not chunk:  # keep every process doing the same number of passes (DDP needs it)
-                chunk, weight = [fallback], 0.0
-            batch = renderer.collate(chunk, padding_side="right").to(accelerator.device)
-            padded += batch.input_ids.numel()
-            real += int(batch.attention_mask.sum())
-            sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(model)
-            with sync:
-                nll, _ = nll_sum(model, batch, batch.loss_mask, config.share_prefix)
-                # DDP averages gradients over processes, so scale by their number.
-                loss = nll * (weight * world / learned_total)
-                accelerator.backward(loss)
-            nll_total += float(nll.detach()) * weight
-        grad_norm = (
-            accelerator.clip_grad_norm_(trainable, config.max_grad_norm) if config.max_grad_norm > 0 else None
-        )
-        optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        step_loss = sum_across(accelerator, nll_total) / learned_total
-        tokens_seen += sum_across(accelerator, real)
+        tokens_seen += stats.real
         state.update(step=state["step"] + 1, epoch=epoch, offset=offset)
-        state["losses"].append(step_loss)
+        state["losses"].append(stats.loss)
         bar.update()
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        bar.set_postfix(loss=f"{stats.loss:.3f}")
         if state["step"] % config.log_every == 0 or state["step"] == total:
             elapsed = time.perf_counter() - began
             logger.log(
                 state["step"],
                 {
-                    "loss": step_loss,
+                    "loss": stats.loss,
                     "lr": float(scheduler.get_last_lr()[0]),
-                    "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+                    "grad_norm": stats.grad_norm if stats.grad_norm is not None else 0.0,
                     "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                    "pad_fraction": 1 - real / max(padded, 1),
+                    "pad_fraction": 1 - stats.real / max(stats.padded, 1),
                     "skipped": state["skipped"],
                     "epoch": epoch + offset / len(dataset),
                 },
@@ -348,12 +286,8 @@ def train_sft(config: SFTConfig) -> SFTResult:
         out / "checkpoints", state["step"], accelerator, model, processor, state, config.keep_checkpoints
     )
     final_dir = out / "final"
-    if state["step"] >= total and accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(
-            final_dir, state_dict=accelerator.get_state_dict(model)
-        )
-        processor.save_pretrained(final_dir)
-    accelerator.wait_for_everyone()
+    if state["step"] >= total:
+        export_model(accelerator, model, processor, final_dir)
     logger.close()
     elapsed = time.perf_counter() - began
     return SFTResult(
@@ -367,6 +301,18 @@ def train_sft(config: SFTConfig) -> SFTResult:
     )
 
 
+def _render(dataset: TraceDataset, indices: Sequence[int]) -> tuple[list[RenderedSequence], int]:
+    """The traces at ``indices`` that render, and how many did not (each one warned about)."""
+    good = []
+    for index in indices:
+        row = dataset[index]
+        if isinstance(row, BadRow):
+            warnings.warn(f"skipping trace {row.index}: {row.reason}", stacklevel=2)
+        else:
+            good.append(row)
+    return good, len(indices) - len(good)
+
+
 def _first_good(dataset: TraceDataset) -> RenderedSequence:
     for index in range(len(dataset)):
         row = dataset[index]
@@ -375,4 +321,4 @@ def _first_good(dataset: TraceDataset) -> RenderedSequence:
     raise ValueError("no trace in the dataset can be rendered")
 
 
-__all__ = ["BadRow", "EpochOrder", "SFTConfig", "SFTResult", "TraceDataset", "train_sft"]
+__all__ = ["BadRow", "SFTConfig", "SFTResult", "TraceDataset", "train_sft"]
