@@ -112,8 +112,8 @@ def check_supported(accelerator: Accelerator) -> None:
     reason = UNSUPPORTED.get(accelerator.distributed_type)
     if reason is not None:
         raise NotImplementedError(
-            f"{reason}. Launch with DDP instead (accelerate's multi_gpu, or torchrun); see the "
-            "README's 'Reproducing the paper on GPUs'."
+            f"{reason}. Launch with torchrun (or accelerate's multi_gpu/multi_cpu) and strategy=ddp "
+            "or strategy=fsdp; see the README's 'Reproducing the paper on GPUs'."
         )
 
 

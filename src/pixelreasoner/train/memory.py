@@ -1,23 +1,27 @@
 """Memory plan of a training run: bytes per device, before anything is allocated.
 
 A :class:`Plan` adds up, per process (one GPU), what a run will hold: the parameters, their
-gradients and AdamW's state (the *state*, present throughout), then the larger of two phases
+gradients and AdamW's state (the *state*, counted in every phase; a loop that sets gradients to
+``None`` after each step frees them during rollouts), then the largest of three phases
 that never overlap: **rollout** (RL only: the weights the sampler runs on, the KV cache of one
-rollout batch, the prefill's working set) and **update** (FSDP's gathered units and reduce
-buffers, activations of one micro-batch, the logits of its selected tokens). The numbers come
-from the model's real parameter counts and shapes (:func:`model_facts`, which works on a model
-built on the meta device, so 7B costs nothing) and the run's settings (:func:`plan_memory`, or
-:func:`recipe_shape` to read them from an SFT/RL config). :func:`require_fit` refuses a run
-whose plan exceeds the device, with the plan as the message.
+rollout batch, the prefill's working set), **update** (one micro-batch's forward and backward:
+FSDP's gathered units and reduce buffers or autocast's weight copy, activations, the logits of
+the selected tokens; FSDP's closing reduce-scatter of the root's gradients; the unsharded
+gradients of accumulation without sync) and the **optimizer step** (AdamW's temporaries). The
+numbers come from the model's real parameter counts and shapes (:func:`model_facts`, which
+works on a model built on the meta device, so 7B costs nothing) and the run's settings
+(:func:`plan_memory`, or :func:`recipe_shape` to read them from an SFT/RL config).
+:func:`require_fit` refuses a run whose plan exceeds the device, with the plan as the message.
 
-**Exact and estimated terms.** Exact (up to FSDP's padding of each shard to a multiple of the
-world size, and the allocator's rounding): parameters, gradients, optimizer state (torch
-AdamW: ``exp_avg`` and ``exp_avg_sq`` like the parameter, plus a 4-byte ``step`` per tensor),
-FSDP's gathered rollout weights, the unsharded gradients FSDP keeps while accumulating without
-sync, and the KV cache for the given batch and length. Estimated (formulas below, fitted to
-measurements and rounded up): activations, the logits' working set, the prefill's working set,
-FSDP's per-unit gathers and reduce buffers, autocast's bf16 weight copy, and the runtime
-allowance (CUDA context, NCCL buffers, allocator fragmentation), which is a flat guess.
+**Exact and estimated terms.** Exact (up to FSDP's padding of each tensor's shard, 0.004 % at
+7B, and the allocator's rounding): parameters, gradients, optimizer state (torch AdamW:
+``exp_avg`` and ``exp_avg_sq`` like the parameter, plus a 4-byte ``step`` per tensor), FSDP's
+gathered rollout weights, the unsharded gradients FSDP keeps while accumulating without sync,
+and the KV cache for the given batch and length (an upper bound of a real rollout, whose rows
+are shorter). Estimated (formulas below, fitted to measurements and rounded up): activations,
+the logits' working set, the prefill's working set, FSDP's per-unit gathers and reduce buffers,
+autocast's bf16 weight copy, AdamW's step temporaries, and the runtime allowance (CUDA context,
+NCCL buffers, allocator fragmentation), a flat guess.
 
 Per-token formulas, with ``h``/``i`` the hidden and MLP sizes, ``L`` the layers, ``cb`` the
 compute dtype's bytes (matmul outputs) and ``rb`` the residual stream's (``cb``, except under
@@ -32,18 +36,22 @@ autocast with fp32 weights, where the residual stream, RMSNorm and the rotated k
   plus the bf16 logits under autocast).
 - prefill (no gradient): ``(rb+cb)·(h+2i)`` per token of the batch's longest prefill, or the
   vision tower's ``(rb+cb)·(h_v+2i_v)`` per patch, whichever is larger.
+- KV cache: ``L·kv_heads·head_dim·(rb+cb)`` (keys in ``rb``: under autocast rope returns fp32
+  keys; values in ``cb``), 57,344 B per token at 7B in bf16.
 
-Calibration (``MemTracker`` from ``torch.distributed._tools``, which counts every tensor
-storage, on CPU; torch 2.13, transformers 5.24, sdpa attention). Qwen2.5-VL-7B's real shapes
-under ``FakeTensorMode`` (no memory used), bf16, 8192 tokens, gradients pre-allocated: forward
-without checkpointing 227.5 KB per token per layer (formula 237.6 KB), backward peak 6.47 MB
-per token (formula 6.83 MB); with checkpointing 509.6 KB per token at the backward peak
-(formula 618.5 KB); a no-grad prefill 142.9 KB per token beyond its KV cache (formula
-165.9 KB). Tiny models with real tensors (fp32, bf16 and bf16 autocast over fp32 weights,
-``h`` 256-512, ``i`` 512-1536): the formulas bound every measurement, within 5-20 %. The
-logits: 8 bytes per entry measured in fp32, 9.8 under autocast. On a GPU, attention that falls
-back to the math kernel (a padding mask it cannot fuse) adds ``heads·T²`` scores per layer, not
-modelled here; flash and memory-efficient attention are linear in ``T``, as assumed.
+Calibration (every tensor storage counted, as ``torch.distributed._tools.MemTracker`` does, on
+CPU; torch 2.13, transformers 5.24, sdpa attention; ``tests/test_memory_plan.py`` repeats
+them). Qwen2.5-VL-7B's real graph under ``FakeTensorMode`` (shapes, no memory), bf16, 8192
+tokens, gradients already allocated: without checkpointing 6.47 MB per token at the backward's
+peak (formula 6.83 MB); with checkpointing 509.6 KB (formula 618.5 KB); a no-grad prefill
+142.9 KB per token beyond its KV cache (formula 165.9 KB). FSDP2 at 7B over a fake 8-process
+group: shards and gathered weights as planned to 0.004 %; a checkpointed micro-batch of 4096
+tokens added 7.33 GB to the state (planned 9.41 GB). Tiny models with real tensors (fp32, bf16
+and bf16 autocast over fp32 weights; ``h`` 256-512, ``i`` 512-1536, with an image): the
+formulas bound every measurement, 1.05-1.6x above. Logits: 8 bytes per entry measured in fp32,
+9.8 under autocast. On a GPU, attention that falls back to the math kernel (a padding mask it
+cannot fuse) adds ``heads·T²`` scores per layer, not modelled; flash and memory-efficient
+attention are linear in ``T``, as assumed. Nothing here has been checked on a GPU.
 
 **Strategies** (``single``, ``ddp``, ``fsdp``):
 
@@ -63,9 +71,10 @@ modelled here; flash and memory-efficient attention are linear in ``T``, as assu
   each reduce-scatter and their ``reduce_dtype`` copy. Accumulating micro-batches with
   ``set_requires_gradient_sync(False)`` (``accumulate_unsharded``) keeps every unit's
   unsharded gradient in ``reduce_dtype`` until the synced micro-batch: ``trainable ·
-  reduce bytes`` per process, not sharded (33 GB at 7B with fp32 reduction).
+  reduce bytes`` per process, not sharded (33 GB at 7B with fp32 reduction; read from FSDP2's
+  ``FSDPParam.to_accumulated_grad_if_needed``).
 - ``offload`` (FSDP's ``CPUOffloadPolicy``): sharded parameters, gradients and optimizer state
-  live on the host (reported as ``host``), 0 on the device.
+  live on the host (reported as ``host``), 0 on the device; the optimizer steps there.
 
 Pure arithmetic: nothing here touches ``torch.distributed`` or the file system.
 """
@@ -115,7 +124,6 @@ _DTYPE_BYTES = {
     "fp16": 2,
     "float16": 2,
 }
-_DTYPE_NAMES = {4: "fp32", 2: "bf16/fp16"}
 STRATEGIES = ("single", "ddp", "fsdp")
 
 
@@ -287,6 +295,8 @@ _TERMS = (
     "accumulated_gradients",
     "activations",
     "logits",
+    "update_tail",
+    "optimizer_step",
     "overhead",
 )
 
@@ -321,6 +331,8 @@ class Plan:
     accumulated_gradients: int
     activations: int
     logits: int
+    update_tail: int
+    optimizer_step: int
     overhead: int
     host: int
     device_bytes: int | None
@@ -340,13 +352,18 @@ class Plan:
 
     @property
     def update_peak(self) -> int:
-        """Update phase: FSDP gathers/buffers or autocast's copy, accumulation, activations, logits."""
-        return self.update_weights + self.accumulated_gradients + self.activations + self.logits
+        """Update phase: accumulated gradients, then the larger of the forward/backward (FSDP
+        gathers and buffers or autocast's copy, activations, logits) and FSDP's closing
+        reduce-scatter of the root's gradients (when the activations are gone)."""
+        during = self.update_weights + self.activations + self.logits
+        return self.accumulated_gradients + max(during, self.update_tail)
 
     @property
     def total(self) -> int:
-        """Peak bytes per device: the state, the larger phase, and the runtime allowance."""
-        return self.state + max(self.rollout_peak, self.update_peak) + self.overhead
+        """Peak bytes per device: the state, the largest phase (rollout, update, optimizer
+        step), and the runtime allowance."""
+        phases = max(self.rollout_peak, self.update_peak, self.optimizer_step)
+        return self.state + phases + self.overhead
 
     @property
     def fits(self) -> bool:
@@ -386,11 +403,14 @@ class Plan:
         lines.append(f"  update phase{'':<52}{self.update_peak / GiB:>9.2f}")
         lines += [
             row(n, 4)
-            for n in ("update_weights", "accumulated_gradients", "activations", "logits")
+            for n in ("update_weights", "accumulated_gradients", "activations", "logits", "update_tail")
             if getattr(self, n) or n in ("activations", "logits")
         ]
+        if self.optimizer_step:
+            lines.append(f"  optimizer step{'':<50}{self.optimizer_step / GiB:>9.2f}")
+            lines.append(row("optimizer_step", 4))
         lines.append(row("overhead"))
-        lines.append(f"{'  total: state + larger phase + allowance':<66}{self.total / GiB:>9.2f}")
+        lines.append(f"{'  total: state + largest phase + allowance':<66}{self.total / GiB:>9.2f}")
         if self.host:
             lines.append(f"{'  host memory per process (CPU offload)':<66}{self.host / GiB:>9.2f}")
         if self.device_bytes is None:
@@ -537,17 +557,21 @@ def plan_memory(
 
     # Update phase.
     if fsdp:
-        # the root stays gathered; two blocks in flight, or all of them kept from forward to backward
+        # The root stays gathered; two blocks in flight, or all of them kept from forward to
+        # backward. The root's unsharded gradients (the LM head's first) build up through the
+        # backward; one block's gradients meet their reduce_dtype copy at its reduce-scatter.
         blocks = f.total_params - f.root_params
         in_flight = 2 * f.largest_block_params if reshard_after_forward else blocks
-        gathered = (f.root_params + in_flight) * cb
-        unsharded_grads = max(
-            f.root_trainable_params * cb + f.largest_block_trainable_params * (cb + rdb),
-            f.root_trainable_params * (cb + rdb),
+        weights_update = (
+            (f.root_params + in_flight) * cb
+            + f.root_trainable_params * cb
+            + f.largest_block_trainable_params * (cb + rdb)
         )
-        weights_update = gathered + unsharded_grads
+        # At the end of the backward the root's gradients and their reduce_dtype copy, alone.
+        tail = f.root_trainable_params * (cb + rdb)
     else:
         weights_update = f.trainable_params * cb if autocast else 0
+        tail = 0
     accumulated = f.trainable_params * rdb if accumulate_unsharded else 0
     saved, working = _activations_per_token(
         f.num_hidden_layers, f.hidden_size, f.intermediate_size, rb, cb, gradient_checkpointing
@@ -569,12 +593,15 @@ def plan_memory(
         acts_working = max(acts_working, patches * v_working)
     acts = acts_saved + acts_working
     logits = loss * f.vocab_size * LOGIT_BYTES_PER_ENTRY
+    # AdamW's step (foreach, torch's default on GPUs): one temporary copy of the trained
+    # parameters (``exp_avg_sq.sqrt()``, read from torch's _multi_tensor_adam); on FSDP's DTensor
+    # shards 1.8 copies were measured, planned as 2.
+    step = 0 if offload else (2 if fsdp else 1) * sharded(f.trainable_params) * pb
 
-    pname = param_dtype if pb != cb else _DTYPE_NAMES.get(pb, param_dtype)
     cname = compute_dtype or param_dtype
     share = f", 1/{world} shard" if fsdp and world > 1 else ""
     labels = {
-        "parameters": f"parameters ({f.total_params:,} in {pname}{share})"
+        "parameters": f"parameters ({f.total_params:,} in {param_dtype}{share})"
         + (" [offloaded]" if offload else ""),
         "gradients": f"gradients ({f.trainable_params:,} trainable{share})"
         + (" + DDP buckets" if ddp_buckets else "")
@@ -587,8 +614,12 @@ def plan_memory(
         ),
         "kv_cache": f"KV cache ({rollout_batch} x {rollout_tokens:,} tokens)",
         "rollout_forward": f"prefill working set ({rollout_batch} x {prefill:,} tokens)",
-        "update_weights": "FSDP gathered units and reduce buffers" if fsdp else "autocast weight copy",
-        "accumulated_gradients": f"unsharded gradients while accumulating ({_DTYPE_NAMES.get(rdb)})",
+        "update_weights": "FSDP gathered units, unsharded gradients, reduce buffers"
+        if fsdp
+        else "autocast weight copy",
+        "update_tail": "or at the backward's end: root gradients, reduce copy",
+        "optimizer_step": f"AdamW step temporaries (foreach: {2 if fsdp else 1} cop{'ies' if fsdp else 'y'})",
+        "accumulated_gradients": f"unsharded gradients while accumulating ({reduce_dtype or param_dtype})",
         "activations": f"activations ({micro_batch_tokens:,} tokens"
         + (f", {image_tokens:,} image" if f.vision_trainable and image_tokens else "")
         + (", checkpointed)" if gradient_checkpointing else ")"),
@@ -597,9 +628,11 @@ def plan_memory(
     }
     kinds = dict.fromkeys(("parameters", "gradients", "optimizer", "kv_cache"), "exact")
     kinds.update(
-        rollout_weights="exact" if fsdp else "estimate",
+        rollout_weights="estimate" if autocast else "exact",
         rollout_forward="estimate",
         update_weights="estimate",
+        update_tail="estimate",
+        optimizer_step="estimate",
         accumulated_gradients="exact",
         activations="estimate",
         logits="estimate",
@@ -625,6 +658,8 @@ def plan_memory(
         accumulated_gradients=accumulated,
         activations=acts,
         logits=logits,
+        update_tail=tail,
+        optimizer_step=step,
         overhead=overhead_bytes,
         host=host,
         device_bytes=device_bytes,
@@ -664,7 +699,8 @@ def recipe_shape(
     trajectory). Image tokens per sequence default to the pixel budget's largest input image
     plus ``max_calls`` largest crops, within the sequence. Returned keys:
     ``gradient_checkpointing``, ``compute_dtype`` (only under bf16/fp16), ``micro_batch_tokens``,
-    ``loss_tokens``, ``image_tokens``, ``accumulate_unsharded`` (True when a step has several
+    ``loss_tokens``, ``image_tokens``, ``reshard_after_forward`` and ``offload`` (from the
+    config's ``fsdp`` options, if it has them), ``accumulate_unsharded`` (True when a step has several
     micro-batches: what accumulating under ``no_sync`` costs FSDP; set it False for a loop that
     reduce-scatters every micro-batch), and for RL ``rollout_batch`` (the config's, or a
     phase's trajectories per process when 0), ``rollout_tokens``, ``prefill_tokens`` and
@@ -703,6 +739,11 @@ def recipe_shape(
         "image_tokens": sequences * images_per_seq,
         "accumulate_unsharded": micro_batches > 1,
     }
+    options = getattr(config, "fsdp", None)  # FSDPOptions of the fsdp strategy, when the config has them
+    if options is not None:
+        shape["reshard_after_forward"] = bool(getattr(options, "reshard_after_forward", True))
+        if getattr(options, "offload", False):
+            shape["offload"] = True
     precision = getattr(config, "mixed_precision", "no")
     if precision in ("bf16", "fp16"):
         shape["compute_dtype"] = precision
