@@ -67,7 +67,8 @@ from pixelreasoner.synth.traces import TraceMix, TraceSynthesizer
 from pixelreasoner.tasks.families import make_family, parse_knobs
 from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.common import apply_freezing, enable_checkpointing
-from pixelreasoner.train.dist import make_accelerator
+from pixelreasoner.train.dist import make_distribution
+from pixelreasoner.train.fsdp import FSDPOptions
 from pixelreasoner.train.rl import RLConfig
 from pixelreasoner.train.rl_steps import Sample, Scorer, compute_old_logprobs, ppo_update
 from pixelreasoner.train.sft_steps import SFTStepStats, sft_step
@@ -158,6 +159,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="activation checkpointing (auto: on for the published shapes)",
     )
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        choices=["auto", "fsdp"],
+        help="auto: one process as the loops set it up; fsdp: FSDP2 (under torchrun, over its processes)",
+    )
+    parser.add_argument(
+        "--offload", action="store_true", help="fsdp: parameters and optimizer state on the CPU"
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -188,7 +198,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.set_device(device)
     # One process, as the training loops set it up: amp is accelerate's bf16 autocast around the
     # prepared model's forward, which the steps, the rollouts and the log-prob passes all call.
-    dist = make_accelerator("bf16" if args.precision == "amp" else "no", cpu=device.type == "cpu")
+    options = RLConfig(
+        strategy=args.strategy,
+        mixed_precision="bf16" if args.precision == "amp" else "no",
+        fsdp=FSDPOptions(offload=args.offload),
+    )
+    dist = make_distribution(options)
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = pixel_budget(args.budget)
@@ -216,6 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer,
         "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9,
         "checkpointing": checkpointing,
+        "strategy": args.strategy,
         "build_s": build_s,
     }
 
@@ -236,7 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dist,
             args.micro,
             max_grad_norm=1.0,
-            share_prefix=True,
+            share_prefix=dist.shares_prefix,
         )
         if stats is None:
             raise RuntimeError("the synthesized traces have no learned tokens")
@@ -272,20 +288,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampling = SamplingParams(rl.temperature_first, rl.top_p, rl.top_k, args.turn_tokens)
     later_sampling = SamplingParams(rl.temperature_later, rl.top_p, rl.top_k, args.turn_tokens)
     limits = RolloutLimits(rl.max_calls, rl.max_images, rl.max_total_tokens, args.turn_tokens)
-    scorer = Scorer(renderer, share_prefix=True)  # off by itself under checkpointing
+    scorer = Scorer(renderer, share_prefix=dist.shares_prefix)  # off by itself under checkpointing
 
     def rollout() -> list[Any]:
         model.eval()
-        backend = TransformersBackend(model, processor, budget, seed=0)
-        engine = RolloutEngine(backend, budget, limits, sampling, later_sampling)
-        with torch.no_grad():
+        with dist.gathered(model) as policy, torch.no_grad():  # fsdp: the full weights, gathered once
+            backend = TransformersBackend(policy, processor, budget, seed=0)
+            engine = RolloutEngine(backend, budget, limits, sampling, later_sampling)
             return engine.run(queries)
 
     trajectories, rollout_s, rollout_peak = meter.measure(rollout)
     samples = [Sample(t, 1.0 if k % 2 else -1.0) for k, t in enumerate(trajectories) if t.n_turns]
 
     def old_logprobs() -> None:
-        compute_old_logprobs(model, None, samples, scorer, args.micro, "recompute", dist.device)
+        with dist.gathered(model) as policy:
+            compute_old_logprobs(policy, None, samples, scorer, args.micro, "recompute", dist.device)
 
     def update() -> float:
         model.train()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,17 @@ def test_budgets_command(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["budgets"]) == 0
     out = capsys.readouterr().out
     assert "released-train" in out and "2000" in out
+
+
+@pytest.mark.parametrize("stage", ["sft", "rl"])
+def test_the_7b_recipes_memory_plans_fit_8x80gb_and_not_one_gpu(stage: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--plan-only`` on the published 7B shape (built on the meta device): the recipe, sharded
+    with FSDP2 over 8 GPUs of 80 GB, fits; the same run on one GPU does not (exit status 1)."""
+    from pixelreasoner.cli import main
+
+    recipe = str(Path(__file__).resolve().parent.parent / "configs" / f"{stage}_qwen25vl_7b.yaml")
+    common = ["--plan-only", "--shape", "qwen2.5-vl-7b", "--device-gib", str(80e9 / 2**30)]
+    assert main([stage, recipe, *common, "--world", "8"]) == 0
+    assert "fits:" in capsys.readouterr().out
+    assert main([stage, recipe, *common, "--world", "1"]) == 1
+    assert "DOES NOT FIT" in capsys.readouterr().out

@@ -246,6 +246,8 @@ def _cmd_sft(args: argparse.Namespace) -> int:
         config = load_config(SFTConfig, recipe, overrides)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
+    if args.plan_only:
+        return _print_plan(config, args)
     result = train_sft(config)
     last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
     if _is_main_process():
@@ -255,6 +257,50 @@ def _cmd_sft(args: argparse.Namespace) -> int:
             f"records; model in {result.final_dir}"
         )
     return _leave_process_group(0)
+
+
+def _print_plan(config: object, args: argparse.Namespace) -> int:
+    """``--plan-only``: the memory plan per device, from the model's config (built on the meta
+    device, nothing loaded); exit status 1 when it does not fit the device."""
+    import os
+
+    from pixelreasoner.train.memory import plan_for_config
+
+    world = args.world or int(os.environ.get("WORLD_SIZE", "1"))
+    device_bytes = int(args.device_gib * 2**30) if args.device_gib else None
+    if device_bytes is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device_bytes = int(torch.cuda.get_device_properties(0).total_memory)
+    try:
+        plan = plan_for_config(config, shape=args.shape, world=world, device_bytes=device_bytes)
+    except ValueError as exc:
+        raise SystemExit(f"plan: {exc}") from None
+    print(plan.render())
+    return 0 if plan.fits else 1
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="print the memory plan per device (parameters, gradients, optimizer state, rollout "
+        "weights, KV cache, activations) and exit; status 1 if it does not fit the device",
+    )
+    p.add_argument(
+        "--world", type=int, default=0, help="processes to plan for (default: the launcher's, else 1)"
+    )
+    p.add_argument(
+        "--device-gib",
+        type=float,
+        default=0.0,
+        help="device memory to plan against (default: the visible GPU's)",
+    )
+    p.add_argument(
+        "--shape",
+        help="plan for a published shape (qwen2.5-vl-3b, qwen2.5-vl-7b), not the model's own config",
+    )
 
 
 def _is_main_process() -> bool:
@@ -302,6 +348,8 @@ def _cmd_rl(args: argparse.Namespace) -> int:
         config = load_config(RLConfig, recipe, overrides)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
+    if args.plan_only:
+        return _print_plan(config, args)
     result = train_rl(config)
     if result.history and _is_main_process():
         first, last = result.history[0], result.history[-1]
@@ -499,10 +547,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Supervised fine-tuning on pixel-space traces (loss on the model's own "
         "correct turns only). CONFIG is a YAML recipe (e.g. configs/sft_tiny.yaml); KEY=VALUE "
         "overrides any field (lr=1e-5 batch_size=8 ...). Resumes from OUT_DIR's latest "
-        "checkpoint unless resume=false. Multi-process: accelerate launch -m pixelreasoner.cli sft ...",
+        "checkpoint unless resume=false. Multi-process: torchrun --nproc_per_node N -m "
+        "pixelreasoner.cli sft ... (strategy=fsdp shards the model). The memory plan is printed "
+        "before training.",
     )
     p.add_argument("config", nargs="?", help="YAML recipe (fields of SFTConfig); defaults when omitted")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
+    _add_plan_options(p)
     p.set_defaults(func=_cmd_sft)
 
     p = sub.add_parser(
@@ -547,10 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rollouts per query, advantages against the group mean, uniform groups dropped or replayed (SSR), "
         "token-level PPO with asymmetric clipping. CONFIG is a YAML recipe (e.g. configs/rl_tiny.yaml); "
         "KEY=VALUE overrides fields, reward.FIELD=VALUE the reward's. Multi-process: "
-        "accelerate launch -m pixelreasoner.cli rl ...",
+        "torchrun --nproc_per_node N -m pixelreasoner.cli rl ... (strategy=fsdp shards the model). "
+        "The memory plan is printed before training.",
     )
     p.add_argument("config", nargs="?", help="YAML recipe (fields of RLConfig); defaults when omitted")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="field overrides, checked against types")
+    _add_plan_options(p)
     p.set_defaults(func=_cmd_rl)
     p = sub.add_parser(
         "export",

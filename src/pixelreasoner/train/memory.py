@@ -95,8 +95,11 @@ __all__ = [
     "MemoryInputs",
     "MemoryPlanError",
     "Plan",
+    "check_memory",
+    "device_memory",
     "dtype_bytes",
     "model_facts",
+    "plan_for_config",
     "plan_memory",
     "recipe_shape",
     "require_fit",
@@ -722,14 +725,12 @@ def recipe_shape(
     )
     if rl:
         sequences = int(config.micro_batch)
-        micro_batches = max(1, math.ceil(int(config.train_batch_size) / sequences))
         generated = (max_calls + 1) * int(config.max_turn_tokens)
         default_loss = min(seq, generated)
     else:
         if config.batch_size % config.grad_accum:
             raise ValueError("batch_size must divide by grad_accum")
         sequences = int(config.batch_size // config.grad_accum)
-        micro_batches = int(config.grad_accum)
         default_loss = seq
     per_seq_loss = default_loss if loss_tokens_per_sequence is None else min(seq, loss_tokens_per_sequence)
     shape: dict[str, Any] = {
@@ -737,7 +738,9 @@ def recipe_shape(
         "micro_batch_tokens": sequences * seq,
         "loss_tokens": sequences * per_seq_loss,
         "image_tokens": sequences * images_per_seq,
-        "accumulate_unsharded": micro_batches > 1,
+        # FSDPTraining reduce-scatters every micro-batch (its no_sync is a no-op), so no unsharded
+        # gradients accumulate; DDP's locally accumulated gradients are the ``gradients`` term.
+        "accumulate_unsharded": False,
     }
     options = getattr(config, "fsdp", None)  # FSDPOptions of the fsdp strategy, when the config has them
     if options is not None:
@@ -758,3 +761,75 @@ def recipe_shape(
             prefill_image_tokens=min(limit, input_tokens),
         )
     return shape
+
+
+def plan_for_config(
+    config: Any,
+    *,
+    model: torch.nn.Module | None = None,
+    shape: str | None = None,
+    world: int = 1,
+    device_bytes: int | None = None,
+) -> Plan:
+    """The plan of one process of an SFT or RL run as configured (worst-case lengths).
+
+    ``model`` is the loaded model with the run's freezing applied. Without it the model is built
+    on the meta device (nothing allocated) from ``shape`` (a published shape of
+    ``models.tiny.FULL_SHAPES`` or a tiny preset), else from ``config.model`` (a tiny preset, or
+    a checkpoint's ``config.json``), and frozen as the config says. ``world`` is the number of
+    processes; ``strategy: auto`` plans one process, or DDP when there are several.
+    ``device_bytes``: the device's memory (None: no verdict).
+    """
+    if model is None:
+        model = _configured_meta_model(config, shape)
+    strategy = config.strategy if config.strategy != "auto" else ("ddp" if world > 1 else "single")
+    return plan_memory(
+        model_facts(model),
+        strategy=strategy,
+        world=world,
+        param_dtype="fp32",  # the loops load fp32 master weights
+        device_bytes=device_bytes,
+        **recipe_shape(config, world=world),
+    )
+
+
+def _configured_meta_model(config: Any, shape: str | None) -> torch.nn.Module:
+    from transformers import AutoConfig
+
+    from pixelreasoner.models.tiny import FULL_SHAPES, PRESETS, build_tiny_model
+    from pixelreasoner.train.common import apply_freezing
+
+    source = shape or str(config.model)
+    model: torch.nn.Module
+    if source in PRESETS or source in FULL_SHAPES:
+        model = build_tiny_model(source, device="meta", dtype=torch.float32)[0]
+    else:
+        try:
+            model = _meta_model(AutoConfig.from_pretrained(source))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read the config of {source!r} ({exc}); plan on a published shape instead, "
+                f"e.g. --shape qwen2.5-vl-7b (one of {', '.join(FULL_SHAPES)})"
+            ) from None
+    apply_freezing(
+        model, bool(getattr(config, "freeze_vision", False)), bool(getattr(config, "freeze_projector", False))
+    )
+    return model
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of a CUDA device in bytes; None on the CPU (no verdict there)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def check_memory(config: Any, model: torch.nn.Module, dist: Any) -> Plan:
+    """Print the run's plan (main process) and refuse the run, on every process, if it cannot fit
+    the device. Call with the loaded model, its freezing applied, before training starts."""
+    plan = plan_for_config(
+        config, model=model, world=dist.num_processes, device_bytes=device_memory(dist.device)
+    )
+    if dist.is_main_process:
+        print(plan.render())
+    return require_fit(plan)

@@ -51,6 +51,7 @@ from pixelreasoner.train.checkpoint import (
 )
 from pixelreasoner.train.common import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
 from pixelreasoner.train.dist import make_distribution, seed_everything, sum_across
+from pixelreasoner.train.memory import check_memory
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
 from pixelreasoner.train.rl_steps import (
@@ -120,6 +121,10 @@ class RLConfig(RunOptions):
     loss_norm: Literal["constant", "tokens"] = "constant"
     loss_constant: float = 200.0
     """Released: the summed token loss is divided by 200."""
+    loss_micro_batch: int = 0
+    """With ``loss_norm: constant``, the micro-batch size the release's average over micro-batches
+    is counted in (its ``micro_train_batch_size``: 4); 0 means ``micro_batch``. Setting it lets
+    ``micro_batch`` change for memory without changing the update."""
     kl_coef: float = 0.0
     """KL (k3) to the starting policy; 0 as released (no reference model is loaded then)."""
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
@@ -174,6 +179,7 @@ def train_rl(config: RLConfig) -> RLResult:
     apply_freezing(model, config.freeze_vision, freeze_projector=False)
     if config.gradient_checkpointing:
         enable_checkpointing(model)
+    check_memory(config, model, accelerator)  # prints the plan; refuses a run that cannot fit
     reference = None
     if config.kl_coef > 0:
         reference, _ = load_model(config.model, dtype=torch.float32, device=str(accelerator.device))

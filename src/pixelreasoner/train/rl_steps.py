@@ -256,8 +256,9 @@ def loss_normalizer(config: RLConfig, samples: int, tokens: int, world: int) -> 
     one divided by ``world``:
 
     - ``constant`` (released): each micro-batch's summed token loss / ``loss_constant``, averaged
-      over the minibatch's micro-batches, counted as ``samples / micro_batch`` (as DeepSpeed's
-      accumulation and data-parallel averaging do in the release);
+      over the minibatch's micro-batches, counted as ``samples / loss_micro_batch`` (default
+      ``micro_batch``; as DeepSpeed's accumulation and data-parallel averaging do in the
+      release);
     - ``tokens``: the summed loss over all the minibatch's tokens / their count.
 
     >>> from pixelreasoner.train.rl import RLConfig
@@ -265,7 +266,8 @@ def loss_normalizer(config: RLConfig, samples: int, tokens: int, world: int) -> 
     400.0
     """
     if config.loss_norm == "constant":
-        return config.loss_constant * max(samples / config.micro_batch, 1.0) / world
+        per_group = config.loss_micro_batch or config.micro_batch
+        return config.loss_constant * max(samples / per_group, 1.0) / world
     return max(tokens, 1) / world
 
 

@@ -34,6 +34,7 @@ from pixelreasoner.render import RenderedSequence, Renderer
 from pixelreasoner.train.checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
 from pixelreasoner.train.common import EpochOrder, apply_freezing, cosine_schedule, enable_checkpointing
 from pixelreasoner.train.dist import make_distribution, seed_everything, sum_across
+from pixelreasoner.train.memory import check_memory
 from pixelreasoner.train.metrics import MetricsLogger
 from pixelreasoner.train.options import RunOptions
 from pixelreasoner.train.sft_steps import sft_step
@@ -175,6 +176,7 @@ def train_sft(config: SFTConfig) -> SFTResult:
     apply_freezing(model, config.freeze_vision, config.freeze_projector)
     if config.gradient_checkpointing:
         enable_checkpointing(model)
+    check_memory(config, model, accelerator)  # prints the plan; refuses a run that cannot fit
     model.train()
 
     renderer = Renderer(processor, pixel_budget(config.budget))
