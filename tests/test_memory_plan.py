@@ -20,6 +20,7 @@ for 7B with checkpointing, below), at a fraction of the cost. CPU tensors are in
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -48,6 +49,7 @@ from pixelreasoner.train.memory import (
     MemoryPlanError,
     Plan,
     model_facts,
+    plan_for_config,
     plan_memory,
     recipe_shape,
     require_fit,
@@ -244,14 +246,16 @@ def test_7b_fsdp_terms_by_hand(facts_7b: MemoryInputs) -> None:
 
 
 def test_7b_rl_recipe_fits_8x80gb_under_fsdp(facts_7b: MemoryInputs, rl_7b: RLConfig) -> None:
-    shape = recipe_shape(rl_7b, world=8, **TYPICAL_RL)
+    shape = recipe_shape(rl_7b, world=8)  # worst case: every trajectory at the limits
     assert shape["rollout_batch"] == 32 and shape["rollout_tokens"] == 12288
-    assert shape["micro_batch_tokens"] == 4 * 5000 and shape["loss_tokens"] == 4 * 1500
-    assert shape["image_tokens"] == 4 * 3000 and shape["gradient_checkpointing"]
+    # micro_batch 2: 2 x 12,288 tokens, 2 x 10,240 generated tokens ((4 calls + 1) x 2,048) in the
+    # loss, 2 x (2,000 input image + 4 x 1,000 crop) image tokens.
+    assert shape["micro_batch_tokens"] == 2 * 12288 and shape["loss_tokens"] == 2 * 10240
+    assert shape["image_tokens"] == 2 * 6000 and shape["gradient_checkpointing"]
     assert shape["compute_dtype"] == "bf16"
-    # train_batch_size 32 in micro-batches of 4: 8 per step, so accumulation; planned here with a
-    # reduce-scatter every micro-batch (see the next test for accumulating without sync).
-    assert shape.pop("accumulate_unsharded") is True
+    # train_batch_size 32 in micro-batches of 2 is 16 per step, but FSDPTraining reduce-scatters
+    # every micro-batch (its no_sync is a no-op): no unsharded gradients accumulate.
+    assert shape["accumulate_unsharded"] is False
     plan = plan_memory(facts_7b, strategy="fsdp", world=8, param_dtype="fp32", device_bytes=GPU_80GB, **shape)
     # By hand, bytes per GPU (GB):
     #   state                        16.58  (exact, above)
@@ -260,40 +264,66 @@ def test_7b_rl_recipe_fits_8x80gb_under_fsdp(facts_7b: MemoryInputs, rl_7b: RLCo
     #            prefill 32 x 2,512  13.33  estimate: 32 x 2,512 x 4 x (3,584 + 37,888)
     #            rollout phase       52.47
     #   update:  FSDP units           6.87  estimate (test above)
-    #            activations         16.30  estimate: 20,000 tokens x 28 x 3,584 x 2 (saved layer
-    #                                inputs, 4.01) + 48,000 vision patches x 32 x 1,280 x 2 (3.93)
-    #                                + one layer's working set 20,000 x 4 x (8 x 3,584 + 4 x 18,944)
-    #                                (8.36; the vision block's, 4.59, comes after it)
-    #            logits               9.12  6,000 x 152,064 x 10 B
-    #            update phase        32.30
-    #   total = 16.58 + 52.47 + 2 GiB allowance = 71.20 GB of 80: fits, rollouts being the peak.
-    saved = 20000 * 28 * 3584 * 2 + 48000 * 32 * 1280 * 2
-    assert plan.activations == saved + 20000 * 4 * (8 * 3584 + 4 * 18944) == 16_302_080_000
-    assert plan.logits == 6000 * 152064 * LOGIT_BYTES_PER_ENTRY
-    assert plan.rollout_peak == 16_584_333_312 + 22_548_578_304 + 13_334_740_992
-    assert plan.update_peak == 6_874_890_240 + 16_302_080_000 + 9_123_840_000
-    assert plan.total == 16_584_336_228 + 52_467_652_608 + DEFAULT_OVERHEAD_BYTES
-    assert plan.fits and 8 * GB < (plan.spare or 0) < 9 * GB
+    #            activations         19.13  estimate: 24,576 tokens x 28 x 3,584 x 2 (saved layer
+    #                                inputs, 4.93) + 48,000 vision patches x 32 x 1,280 x 2 (3.93)
+    #                                + one layer's working set 24,576 x 4 x (8 x 3,584 + 4 x 18,944)
+    #                                (10.27; the vision block's, 4.59, comes after it)
+    #            logits              31.14  20,480 x 152,064 x 10 B
+    #            update phase        57.15
+    #   total = 16.58 + 57.15 + 2 GiB allowance = 75.88 GB of 80: fits, the update being the peak.
+    saved = 24576 * 28 * 3584 * 2 + 48000 * 32 * 1280 * 2
+    assert plan.activations == saved + 24576 * 4 * (8 * 3584 + 4 * 18944) == 19_132_317_696
+    assert plan.logits == 20480 * 152064 * LOGIT_BYTES_PER_ENTRY == 31_142_707_200
+    assert plan.accumulated_gradients == 0
+    assert plan.rollout_peak == 16_584_333_312 + 22_548_578_304 + 13_334_740_992 == 52_467_652_608
+    assert plan.update_peak == 6_874_890_240 + 19_132_317_696 + 31_142_707_200 == 57_149_915_136
+    assert plan.total == 16_584_336_228 + 57_149_915_136 + DEFAULT_OVERHEAD_BYTES == 75_881_735_012
+    assert plan.fits and 4 * GB < (plan.spare or 0) < 4.2 * GB
+    # At typical lengths (5,000 tokens, 1,500 in the loss) the update shrinks to 6.87 + 8.15 +
+    # 4.56 = 19.58 GB and the rollouts are the peak: 16.58 + 52.47 + 2 GiB = 71.20 GB.
+    typical = plan_memory(
+        facts_7b,
+        strategy="fsdp",
+        world=8,
+        device_bytes=GPU_80GB,
+        **recipe_shape(rl_7b, world=8, **TYPICAL_RL),
+    )
+    assert typical.update_peak < typical.rollout_peak
+    assert typical.total == 16_584_336_228 + 52_467_652_608 + DEFAULT_OVERHEAD_BYTES
+    # loss_micro_batch (4, the release's) changes how the loss is averaged, not what is in memory.
+    other_loss = dataclasses.replace(rl_7b, loss_micro_batch=2)
+    assert recipe_shape(other_loss, world=8) == recipe_shape(rl_7b, world=8)
 
 
 def test_7b_rl_recipe_limits(facts_7b: MemoryInputs, rl_7b: RLConfig) -> None:
     """What does not fit on 8 x 80 GB, so that the plan refuses it (documented findings)."""
-    typical = recipe_shape(rl_7b, world=8, **TYPICAL_RL)
-    # Accumulating 8 micro-batches without sync: FSDP2 keeps every unit's unsharded gradient in
-    # fp32 until the last one, 8,292,166,656 x 4 B = 33.2 GB per GPU, not sharded.
-    no_sync = plan_memory(facts_7b, strategy="fsdp", world=8, device_bytes=GPU_80GB, **typical)
-    assert no_sync.accumulated_gradients == 33_168_666_624
-    assert not no_sync.fits
-    # Every trajectory at the 12,288-token limit, all 10,240 possible generated tokens in the
-    # loss: 49,152 tokens per micro-batch, 40,960 logit rows of 152,064 (62 GB alone).
-    worst = recipe_shape(rl_7b, world=8)
-    worst["accumulate_unsharded"] = False
-    assert worst["micro_batch_tokens"] == 4 * 12288 and worst["loss_tokens"] == 4 * 10240
-    plan = plan_memory(facts_7b, strategy="fsdp", world=8, device_bytes=GPU_80GB, **worst)
-    assert plan.logits == 40960 * 152064 * 10 and not plan.fits
+    # The release's micro_batch 4 at the worst-case lengths: 49,152 tokens per micro-batch and
+    # 40,960 logit rows of 152,064 (62.3 GB alone); activations 38.26 GB, FSDP units 6.87: an
+    # update phase of 107.42 GB, 126.16 GB in all. Hence the recipe's micro_batch 2.
+    worst4 = recipe_shape(dataclasses.replace(rl_7b, micro_batch=4), world=8)
+    assert worst4["micro_batch_tokens"] == 4 * 12288 and worst4["loss_tokens"] == 4 * 10240
+    plan = plan_memory(facts_7b, strategy="fsdp", world=8, device_bytes=GPU_80GB, **worst4)
+    assert plan.logits == 40960 * 152064 * 10 == 62_285_414_400
+    assert plan.activations == 2 * 19_132_317_696
+    assert (
+        plan.total
+        == 16_584_336_228 + 6_874_890_240 + 2 * 19_132_317_696 + 62_285_414_400 + DEFAULT_OVERHEAD_BYTES
+    )
+    assert not plan.fits
     with pytest.raises(MemoryPlanError, match="DOES NOT FIT") as refused:
         require_fit(plan)
     assert refused.value.plan is plan
+    # Accumulating micro-batches without sync (set_requires_gradient_sync(False), which the loops
+    # no longer do, so only when asked for): FSDP2 keeps every unit's unsharded gradient in fp32
+    # until the synced micro-batch, 8,292,166,656 x 4 B = 33.2 GB per GPU, not sharded. On the
+    # recipe's worst case: update phase 33.17 + 57.15 = 90.32 GB, 109.05 GB in all.
+    worst = recipe_shape(rl_7b, world=8)
+    worst["accumulate_unsharded"] = True
+    no_sync = plan_memory(facts_7b, strategy="fsdp", world=8, device_bytes=GPU_80GB, **worst)
+    assert no_sync.accumulated_gradients == 33_168_666_624
+    assert no_sync.update_peak == 33_168_666_624 + 57_149_915_136
+    assert no_sync.total == 75_881_735_012 + 33_168_666_624
+    assert not no_sync.fits
 
 
 def test_7b_sft_recipe_under_fsdp(facts_7b_sft: MemoryInputs, sft_7b: SFTConfig) -> None:
@@ -302,9 +332,10 @@ def test_7b_sft_recipe_under_fsdp(facts_7b_sft: MemoryInputs, sft_7b: SFTConfig)
     assert f.trainable_params == 7_660_190_976 and f.frozen_params == 631_975_680
     assert not f.vision_trainable
     shape = recipe_shape(sft_7b, world=8)
-    # batch_size 2 with grad_accum 2: one 12,288-token sequence per micro-batch, all in the loss.
+    # batch_size 2 with grad_accum 2: one 12,288-token sequence per micro-batch, all in the loss;
+    # each micro-batch's gradients are reduce-scattered at once (FSDPTraining's no_sync: a no-op).
     assert shape["micro_batch_tokens"] == shape["loss_tokens"] == 12288
-    assert shape.pop("accumulate_unsharded") is True
+    assert shape.pop("accumulate_unsharded") is False
     plan = plan_memory(f, strategy="fsdp", world=8, device_bytes=GPU_80GB, **shape)
     # State: params 8,292,166,656 x 4 / 8 = 4.15 GB, gradients 7,660,190,976 x 4 / 8 = 3.83 GB,
     # AdamW 7.66 GB (15.64 in all); update: FSDP units 6.87, activations 12,288 x (200,704 +
@@ -313,16 +344,18 @@ def test_7b_sft_recipe_under_fsdp(facts_7b_sft: MemoryInputs, sft_7b: SFTConfig)
     assert plan.activations == 12288 * (28 * 3584 * 2 + 4 * (8 * 3584 + 4 * 18944))
     assert plan.rollout_peak == 0 and plan.fits
     assert plan.total == 50_941_437_664
-    # Accumulating the 2 micro-batches without sync adds 7,660,190,976 x 4 B = 30.6 GB: too much.
+    # Accumulating the 2 micro-batches without sync would add 7,660,190,976 x 4 B = 30.64 GB to
+    # the update phase: 81.58 GB, too much.
     no_sync = plan_memory(
         f, strategy="fsdp", world=8, device_bytes=GPU_80GB, accumulate_unsharded=True, **shape
     )
+    assert no_sync.accumulated_gradients == 7_660_190_976 * 4
+    assert no_sync.total == 50_941_437_664 + 30_640_763_904
     assert not no_sync.fits
 
 
 def test_7b_does_not_fit_80gb_under_ddp(facts_7b: MemoryInputs, rl_7b: RLConfig) -> None:
     shape = recipe_shape(rl_7b, world=8, **TYPICAL_RL)
-    shape.pop("accumulate_unsharded")
     plan = plan_memory(facts_7b, strategy="ddp", world=8, device_bytes=GPU_80GB, **shape)
     # Whole model on every GPU: 33.2 GB of fp32 weights, gradients 33.2 GB twice (DDP's buckets),
     # AdamW 66.3 GB: the state alone is 165.8 GB.
@@ -346,7 +379,6 @@ def test_3b_numbers(facts_3b: MemoryInputs, rl_7b: RLConfig) -> None:
     assert f.kv_elements_per_token * 2 == 36_864
     assert (f.hidden_size, f.intermediate_size, f.num_hidden_layers) == (2048, 11008, 36)
     shape = recipe_shape(rl_7b, world=8, **TYPICAL_RL)
-    shape["accumulate_unsharded"] = False
     plan = plan_memory(f, strategy="fsdp", world=8, device_bytes=GPU_80GB, **shape)
     # 16 B x 3,754,622,976 = 60.1 GB, / 8 = 7.51 GB; gathered bf16 7.51 GB; KV 32 x 12,288 x
     # 36,864 = 14.5 GB.
@@ -355,7 +387,6 @@ def test_3b_numbers(facts_3b: MemoryInputs, rl_7b: RLConfig) -> None:
     assert plan.kv_cache == 32 * 12288 * 36_864
     assert plan.fits and plan.total < 41 * GB
     # DDP: 16 B per parameter (60.1 GB) + DDP's gradient buckets (15.0 GB) = 75.1 GB of state.
-    shape.pop("accumulate_unsharded")
     ddp = plan_memory(f, strategy="ddp", world=8, device_bytes=GPU_80GB, **shape)
     assert ddp.state == 3_754_622_976 * 20 + 4 * 824
     assert not ddp.fits
@@ -377,19 +408,58 @@ def test_model_facts_from_a_config_builds_on_meta(facts_3b: MemoryInputs) -> Non
 
 
 def test_render_names_estimates_and_verdict(facts_7b: MemoryInputs, rl_7b: RLConfig) -> None:
-    shape = recipe_shape(rl_7b, world=8, **TYPICAL_RL)
+    def rows_ending(text: str, label: str, kind: str) -> bool:
+        return any(label in row and row.rstrip().endswith(kind) for row in text.splitlines())
+
+    shape = recipe_shape(rl_7b, world=8)
     plan = plan_memory(facts_7b, strategy="fsdp", world=8, device_bytes=GPU_80GB, **shape)
     text = plan.render()
     assert "GiB" in text and "fsdp over 8 processes" in text
     for line in ("KV cache (32 x 12,288 tokens)", "gathered weights (bf16, whole model)"):
-        assert any(line in row and row.rstrip().endswith("exact") for row in text.splitlines())
-    for line in ("activations (20,000 tokens", "logits (6,000 tokens", "prefill working set"):
-        assert any(line in row and row.rstrip().endswith("estimate") for row in text.splitlines())
-    assert "DOES NOT FIT" in text and f"{plan.total / 2**30:.2f}" in text
-    assert plan.as_dict()["total"] == plan.total
+        assert rows_ending(text, line, "exact")
+    for line in ("activations (24,576 tokens, 12,000 image", "logits (20,480 tokens", "prefill working set"):
+        assert rows_ending(text, line, "estimate")
+    assert "unsharded gradients while accumulating" not in text  # a zero term is left out
+    assert f"fits: {(plan.spare or 0) / 2**30:.2f} GiB to spare" in text and "DOES NOT FIT" not in text
+    # Accumulating without sync (33.2 GB more, above): the term is shown, exact, and refused.
+    over = plan_memory(
+        facts_7b, strategy="fsdp", world=8, device_bytes=GPU_80GB, **{**shape, "accumulate_unsharded": True}
+    )
+    text = over.render()
+    assert rows_ending(text, "unsharded gradients while accumulating (fp32)", "exact")
+    assert f"DOES NOT FIT: {-(over.spare or 0) / 2**30:.2f} GiB over" in text
+    assert f"{over.total / 2**30:.2f}" in text
+    assert over.as_dict()["total"] == over.total
     unknown = plan_memory(facts_7b, strategy="fsdp", world=8, micro_batch_tokens=1)
     assert unknown.fits and "capacity unknown" in unknown.render()
     assert require_fit(unknown) is unknown
+
+
+def test_plan_for_config_on_a_published_shape(
+    facts_7b: MemoryInputs, rl_7b: RLConfig, sft_7b: SFTConfig
+) -> None:
+    # The RL recipe on Qwen2.5-VL-7B built on the meta device (what --plan-only --shape does): the
+    # worst-case plan above, fp32 master weights, 75.88 GB per GPU over 8 processes.
+    plan = plan_for_config(rl_7b, shape="qwen2.5-vl-7b", world=8, device_bytes=GPU_80GB)
+    expected = plan_memory(
+        facts_7b,
+        strategy="fsdp",
+        world=8,
+        param_dtype="fp32",
+        device_bytes=GPU_80GB,
+        **recipe_shape(rl_7b, world=8),
+    )
+    assert plan.as_dict() == expected.as_dict() and plan.total == 75_881_735_012
+    assert plan.fits and require_fit(plan) is plan
+    # One process holds the whole state, 16 B x 8,292,166,656 = 132.7 GB (+ 4 B x 729 steps): refused.
+    alone = plan_for_config(rl_7b, shape="qwen2.5-vl-7b", world=1, device_bytes=GPU_80GB)
+    assert alone.strategy == "fsdp" and alone.world == 1
+    assert alone.state == 8_292_166_656 * 16 + 4 * 729 and not alone.fits
+    with pytest.raises(MemoryPlanError, match="DOES NOT FIT"):
+        require_fit(alone)
+    # The SFT recipe's freezing is applied to the built model: the plan of test_7b_sft_recipe_under_fsdp.
+    sft = plan_for_config(sft_7b, shape="qwen2.5-vl-7b", world=8, device_bytes=GPU_80GB)
+    assert sft.gradients == 7_660_190_976 // 8 * 4 and sft.total == 50_941_437_664 and sft.fits
 
 
 def test_options_move_the_right_terms(facts_7b: MemoryInputs) -> None:
