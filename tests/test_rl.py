@@ -216,12 +216,8 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     _, model = setup
     data = tmp_path / "mixed"
     generate_dataset([make_family("needle"), make_family("frames")], 4, data, seed=3, progress=False)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
+    done = _launch(
+        2,
         "-m",
         "pixelreasoner.cli",
         "rl",
@@ -238,9 +234,6 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
         "filter=none",
         "progress=false",
         "metrics=jsonl",
-    ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     logged = read_metrics(tmp_path / "two" / "metrics.jsonl")
