@@ -411,15 +411,38 @@ def _make_engine(args: argparse.Namespace, budget_name: str) -> tuple[RolloutEng
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pixelreasoner.eval.harness import evaluate_task, summarize, write_summary
+    import os
+
+    from pixelreasoner.eval.harness import TaskRun, check_out, open_backend, refusal, run_evaluation
+    from pixelreasoner.eval.protocol import (
+        ModelIdentity,
+        ProtocolMismatch,
+        build_protocol,
+        http_identity,
+        model_identity,
+        protocol_record,
+    )
     from pixelreasoner.eval.tasks import get_task
 
     try:
+        protocol = build_protocol(
+            args.protocol,
+            mode=args.mode,
+            budget=args.budget,
+            max_new_tokens=args.max_new_tokens,
+            samples=args.samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+            max_calls=args.max_calls,
+            max_images=args.max_images,
+            max_total_tokens=args.max_total_tokens,
+        )
         tasks = [get_task(name.strip()) for name in args.tasks.split(",") if name.strip()]
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    engine, served = _make_engine(args, args.budget)
-    reports = []
+    runs = []
     for task in tasks:
         try:
             loaded = task.load(args.data_root)
@@ -428,18 +451,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if loaded.problems:
             print(loaded.summary())
         items = loaded.items[: args.limit] if args.limit else loaded.items
-        records = evaluate_task(
-            engine,
-            task,
-            items,
+        runs.append(TaskRun(task, items, len(loaded.problems)))
+    served = args.model.startswith(("http://", "https://"))
+    folder = Path(args.model).expanduser()
+    identity: ModelIdentity | None = None
+    if served:
+        identity = http_identity(args.model, args.served_model_name)
+    elif folder.is_dir() and any(folder.glob("*.safetensors")):
+        identity = model_identity(args.model)  # from the files, so a refusal comes before loading
+    if identity is not None and not args.force:
+        problem = check_out(args.out, protocol_record(protocol, identity))
+        if problem:
+            raise SystemExit(refusal(args.out, problem))
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    try:
+        backend, model = open_backend(args.model, protocol.budget, args.served_model_name, key)
+    except ConnectionError as exc:
+        raise SystemExit(str(exc)) from None
+    if identity is None:
+        identity = model_identity(args.model, model)
+    try:
+        run_evaluation(
+            backend,
+            runs,
             args.out,
-            mode=args.mode,
+            protocol,
+            identity,
             batch_size=args.batch_size,
             concurrency=args.concurrency if served else None,
+            force=args.force,
         )
-        reports.append(summarize(task, records, len(loaded.problems)))
-    print(write_summary(reports, args.out))
-    print(f"per-item results and summary in {args.out}")
+    except ProtocolMismatch as exc:
+        raise SystemExit(str(exc)) from None
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"))
+    print(f"per-item results, protocol.json and summary in {args.out}")
     return 0
 
 
@@ -558,12 +603,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a model on benchmarks (greedy, multi-turn with operations)",
-        description="Roll out every item greedily with the operations, score the last \\boxed{} "
-        "answer, and report accuracy (ANLS for infovqa/read), RaPR, tool-error rate, operations and "
-        "turns per item. Per-item JSONL in --out; an interrupted run continues where it stopped.",
+        help="evaluate a model on benchmarks (greedy or Avg@k, multi-turn with operations)",
+        description="Roll out every item with the operations (greedily, or K sampled trajectories per "
+        "item with --samples), score the last \\boxed{} answer, and report accuracy (ANLS for "
+        "infovqa/read), RaPR and tool-error rate with 95%% intervals, operations and turns per item. "
+        "The protocol (model hash, prompt mode, pixel budget, decoding, limits, scoring version, "
+        "library versions) is recorded in OUT/protocol.json and heads the summary. Per-(item, sample) "
+        "JSONL in --out: an interrupted run continues where it stopped, and a run whose protocol "
+        "differs from the one recorded there is refused (--force sets the old results aside). "
+        "--protocol released fixes the authors' evaluation settings.",
     )
     _add_model_args(p)
+    # None = not given: the protocol (custom defaults or a preset) decides, and a preset refuses
+    # a given value that differs from its own.
+    p.set_defaults(budget=None, mode=None, max_new_tokens=None)
+    p.add_argument(
+        "--protocol",
+        choices=["custom", "released"],
+        default="custom",
+        help="released: the authors' evaluation (vcot; budget released-eval-as-run: released-eval "
+        "with crops from the model's view and a 512..5120-token processor; greedy, 1 sample, 2048 "
+        "tokens per turn, 4 calls, 16 images, 12088 tokens); a flag that contradicts it is an "
+        "error. custom (default): the flags' values",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="trajectories per item, Avg@K (default 1; K > 1 needs --temperature)",
+    )
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 1; sampling only)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default 0: off; sampling only)")
+    p.add_argument("--seed", type=int, default=None, help="seed of sampled runs (default 0; sampling only)")
+    p.add_argument("--max-calls", type=int, default=None, help="operations per trajectory (default 4)")
+    p.add_argument("--max-images", type=int, default=None, help="images per trajectory (default 16)")
+    p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=None,
+        help="prompt + turn tokens after which a call is cut off (default 12288; released 12088)",
+    )
     p.add_argument(
         "--tasks",
         required=True,
@@ -578,6 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=16, help="trajectories per batch in-process (default: 16)"
     )
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight over HTTP (default: 16)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="if --out holds results of another protocol, move them to OUT/superseded-N/ and start again",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
