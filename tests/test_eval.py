@@ -447,6 +447,10 @@ def test_avg_at_k_and_per_sample_resume(data: Path, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "needle.jsonl").read_text().splitlines()]
     assert sorted((r["qid"], r["sample"]) for r in lines) == [(i.qid, k) for i in items for k in (0, 1)]
     assert report.n_records == 8 and report.n == 4
+    # lines stamped with another protocol's id are refused even without protocol.json's help
+    engine = RolloutEngine(ScriptedBackend(script), BUDGET)
+    with pytest.raises(ProtocolMismatch, match="holds results of another protocol"):
+        evaluate_task(engine, get_task("needle"), items, tmp_path, progress=False, protocol="0123")
 
 
 def test_eval_command_avg_at_k_and_protocol_flags(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -486,3 +490,51 @@ def test_eval_command_avg_at_k_and_protocol_flags(tmp_path: Path, capsys) -> Non
     with pytest.raises(SystemExit, match="need sampling"):
         main([*base, *tiny_args, "--samples", "3", "--out", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+
+
+def test_eval_command_over_http_records_url_and_no_hash(tmp_path: Path) -> None:
+    from test_http_backend import MODEL, FakeOpenAIServer
+
+    generate_dataset([make_family("needle")], 2, tmp_path / "data", progress=False)
+    out = tmp_path / "out"
+    with FakeOpenAIServer() as server:
+        args = [
+            "eval",
+            "--model",
+            server.base_url,
+            "--tasks",
+            "needle",
+            "--data-root",
+            str(tmp_path / "data"),
+        ]
+        args += [
+            "--budget",
+            "tiny",
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--temperature",
+            "0.5",
+            "--seed",
+            "1",
+        ]
+        assert main([*args, "--served-model-name", MODEL]) == 0
+        assert len(server.requests) == 2 * 2 * 2 and not server.problems  # 2 items x 2 samples x 2 turns
+        assert all(isinstance(r.get("seed"), int) for r in server.requests)
+        with pytest.raises(SystemExit, match=f'model.served_model_name: recorded "{MODEL}", now "other"'):
+            main([*args, "--served-model-name", "other"])
+        assert len(server.requests) == 8  # refused before any request
+    model = json.loads((out / PROTOCOL_FILE).read_text())["model"]
+    assert (model["kind"], model["path"], model["served_model_name"], model["sha256"]) == (
+        "http",
+        server.base_url,
+        MODEL,
+        None,
+    )
+    summary = (out / "summary.md").read_text()
+    assert "(no hash: served over HTTP)" in summary and "| needle | accuracy | 2 | 2 | " in summary
+    lines = (out / "needle.jsonl").read_text().splitlines()
+    assert sorted((json.loads(x)["qid"], json.loads(x)["sample"]) for x in lines) == [
+        (f"needle-{i:06d}", k) for i in range(2) for k in (0, 1)
+    ]
