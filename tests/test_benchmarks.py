@@ -424,3 +424,26 @@ def test_category_scores_by_hand() -> None:
     ]
     assert category_scores(records, [TaskItem("vstar-1", "q", "A")]) == []
     assert format_category_table("vstar", []) == ""
+
+
+def test_vstar_categories_reach_the_summary(tmp_path: Path) -> None:
+    """V* is reported overall and by its two categories in summary.json and summary.md: an oracle
+    for the attribute question and a wrong answer for the spatial one give 100 and 0."""
+    from pixelreasoner.eval.harness import TaskRun, run_evaluation
+    from pixelreasoner.eval.protocol import ModelIdentity, build_protocol
+    from pixelreasoner.rollout.scripted import ScriptedBackend
+
+    write_vstar(tmp_path / "data")
+    task = get_task("vstar")
+    items = task.load(tmp_path / "data").items
+    backend = ScriptedBackend(["\\boxed{A}"])  # right for the attribute item (A), wrong for spatial (B)
+    identity = ModelIdentity("in-memory", "scripted", "0" * 64, "state dict")
+    protocol = build_protocol(budget="tiny")
+    reports = run_evaluation(
+        backend, [TaskRun(task, items)], tmp_path / "out", protocol, identity, progress=False
+    )
+    by_category = {c["category"]: c["score"] for c in reports[0].categories}
+    assert by_category == {"attribute": 1.0, "spatial": 0.0} and reports[0].score == 0.5
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [c["category"] for c in summary["tasks"][0]["categories"]] == ["attribute", "spatial"]
+    assert "| vstar category | n | score | RaPR |" in (tmp_path / "out" / "summary.md").read_text()

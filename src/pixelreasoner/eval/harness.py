@@ -38,6 +38,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pixelreasoner.data.items import TaskItem
+from pixelreasoner.eval.benchmarks import CategoryScore, category_scores, format_category_table
 from pixelreasoner.eval.protocol import (
     EvalProtocol,
     ModelIdentity,
@@ -118,6 +119,8 @@ class TaskReport:
     load_problems: int = 0
     sample_scores: list[float] = field(default_factory=list)
     """The score of each sample index over the items that have it (spread between runs)."""
+    categories: list[dict[str, Any]] = field(default_factory=list)
+    """Per category (V*: attribute, spatial; see ``eval.benchmarks.category_scores``): n, score, RaPR."""
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -323,6 +326,10 @@ def write_summary(
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     parts = [describe(record)] if record is not None else []
     parts += [format_table(reports), INTERVAL_NOTE]
+    for r in reports:
+        if r.categories:
+            scores = [CategoryScore(**c) for c in r.categories]
+            parts.append(format_category_table(r.task, scores))
     text = "\n\n".join(parts)
     (out / "summary.md").write_text(text + "\n", encoding="utf-8")
     return text
@@ -471,6 +478,8 @@ def run_evaluation(
             seed=decoding.seed,
             protocol=pid,
         )
-        reports.append(summarize(run.task, records, run.load_problems))
+        report = summarize(run.task, records, run.load_problems)
+        report.categories = [c.__dict__ for c in category_scores(records, run.items)]
+        reports.append(report)
     write_summary(reports, out_dir, record)
     return reports
