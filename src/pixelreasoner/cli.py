@@ -522,6 +522,23 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pixelreasoner.eval.compare import write_comparison
+
+    try:
+        page, markdown, comparison = write_comparison(
+            args.run_dirs, args.out, data_root=args.data_root, by=args.by, max_items=args.max_items
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(str(exc)) from None
+    print(markdown.read_text(encoding="utf-8"))
+    print(
+        f"{len(comparison.disagreements)} items on which the runs disagree; "
+        f"page: {page}, markdown: {markdown}"
+    )
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -718,6 +735,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="task families, comma-separated or 'all' (default: all four; --fast: needle,frames)",
     )
     p.set_defaults(func=_cmd_quickstart)
+    p = sub.add_parser(
+        "compare",
+        help="evaluation runs side by side: one HTML page and markdown (scores, protocols, disagreements)",
+        description="Read eval output folders (summary.json, protocol.json, TASK.jsonl) and write "
+        "OUT/compare.html and OUT/compare.md: scores with 95% intervals, RaPR, tool errors and turns "
+        "per run and task, the protocol fields that differ (highlighted), the items on which the runs "
+        "disagree with each run's prediction, and those items' trajectories side by side with the crop "
+        "boxes drawn (give --data-root to show the images: the runs do not record it).",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="eval output folders (--out of eval)")
+    p.add_argument("--out", default="runs/compare", help="output directory (default: runs/compare)")
+    p.add_argument(
+        "--data-root", default=None, help="the eval's --data-root, to show the items' images and crops"
+    )
+    p.add_argument(
+        "--by",
+        choices=["mean", "sample0"],
+        default="mean",
+        help="an item's correctness: share of its samples correct (default) or sample 0's",
+    )
+    p.add_argument(
+        "--max-items", type=int, default=30, help="disagreements whose trajectories are drawn (default: 30)"
+    )
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
