@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a model on benchmarks (greedy or Avg@k, multi-turn with operations)",
         description="Roll out every item with the operations (greedily, or K sampled trajectories per "
         "item with --samples), score the last \\boxed{} answer, and report accuracy (ANLS for "
-        "infovqa/read), RaPR and tool-error rate with 95%% intervals, operations and turns per item. "
+        "infovqa/read), RaPR and tool-error rate with 95% intervals, operations and turns per item. "
         "The protocol (model hash, prompt mode, pixel budget, decoding, limits, scoring version, "
         "library versions) is recorded in OUT/protocol.json and heads the summary. Per-(item, sample) "
         "JSONL in --out: an interrupted run continues where it stopped, and a run whose protocol "
