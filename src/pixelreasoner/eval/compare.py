@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from pixelreasoner.data.items import TaskItem
-from pixelreasoner.eval.harness import PROTOCOL_FILE, TaskReport, _done, _pct, summarize
+from pixelreasoner.eval.harness import PROTOCOL_FILE, TaskReport, format_percent, read_records, summarize
 from pixelreasoner.eval.protocol import budget_by_name, compared, describe, differences, protocol_id
 from pixelreasoner.eval.tasks import TASKS, EvalTask
 from pixelreasoner.protocol.prompts import PromptMode
@@ -127,7 +127,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         record = json.loads((folder / PROTOCOL_FILE).read_text(encoding="utf-8"))
     elif summary.get("protocol"):
         record = dict(summary["protocol"])
-    records = {p.stem: _done(p) for p in sorted(folder.glob("*.jsonl"))}
+    records = {p.stem: read_records(p) for p in sorted(folder.glob("*.jsonl"))}
     reports: dict[str, TaskReport] = {}
     for data in summary.get("tasks") or []:
         report = _report(data)
@@ -369,7 +369,7 @@ def compare_runs(runs: Sequence[Run], by: By = "mean") -> Comparison:
 
 
 def _score(report: TaskReport | None) -> str:
-    return "—" if report is None else _pct(report.score, report.score_ci)
+    return "—" if report is None else format_percent(report.score, report.score_ci)
 
 
 def _best(comparison: Comparison, task: str) -> float | None:
@@ -395,9 +395,9 @@ def _detail_cells(report: TaskReport) -> list[str]:
     return [
         str(report.n),
         str(report.samples),
-        _pct(report.score, report.score_ci),
-        _pct(report.rapr, report.rapr_ci, "%"),
-        _pct(report.tool_error_rate, report.tool_error_ci, "%"),
+        format_percent(report.score, report.score_ci),
+        format_percent(report.rapr, report.rapr_ci, "%"),
+        format_percent(report.tool_error_rate, report.tool_error_ci, "%"),
         f"{report.mean_ops:.2f}",
         f"{report.mean_turns:.2f}",
         finishes,

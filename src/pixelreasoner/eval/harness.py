@@ -179,7 +179,7 @@ def _record(trajectory: Trajectory, item: TaskItem, task: EvalTask, sample: int)
     return record
 
 
-def _done(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
     """Records already written (a cut-off last line from a killed run is ignored)."""
     if not path.is_file():
         return []
@@ -243,7 +243,7 @@ def evaluate_task(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{task.name}.jsonl"
-    records = _done(path)
+    records = read_records(path)
     if protocol is not None:
         foreign = {str(r["protocol_id"]) for r in records if r.get("protocol_id", protocol) != protocol}
         if foreign:
@@ -284,7 +284,7 @@ def evaluate_task(
     return [done[item.qid, k] for item in items for k in range(samples) if (item.qid, k) in done]
 
 
-def _pct(value: float, interval: Interval, unit: str = "") -> str:
+def format_percent(value: float, interval: Interval, unit: str = "") -> str:
     text = f"{100 * value:.1f}{unit}"
     if interval is not None:
         text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
@@ -300,8 +300,9 @@ def format_table(reports: Sequence[TaskReport]) -> str:
     for r in reports:
         finishes = ", ".join(f"{k} {v}" for k, v in sorted(r.finish.items()))
         lines.append(
-            f"| {r.task} | {r.metric} | {r.n} | {r.samples} | {_pct(r.score, r.score_ci)} | "
-            f"{_pct(r.rapr, r.rapr_ci, '%')} | {_pct(r.tool_error_rate, r.tool_error_ci, '%')} | "
+            f"| {r.task} | {r.metric} | {r.n} | {r.samples} | {format_percent(r.score, r.score_ci)} | "
+            f"{format_percent(r.rapr, r.rapr_ci, '%')} | "
+            f"{format_percent(r.tool_error_rate, r.tool_error_ci, '%')} | "
             f"{r.mean_ops:.2f} | {r.mean_turns:.2f} | {finishes} |"
         )
     return "\n".join(lines)
