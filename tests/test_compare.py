@@ -274,3 +274,23 @@ def test_compare_page_screenshot(runs: tuple[Path, Path, Path], tmp_path: Path) 
     # the highlighted protocol cell (#ffe08a) and the drawn crop boxes are on screen
     assert (shot == (0xFF, 0xE0, 0x8A)).all(axis=-1).sum() > 200
     assert (shot == REQUESTED_COLOR).all(axis=-1).sum() > 50
+
+
+def test_the_recorded_data_root_is_used_when_none_is_given(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """``protocol.json`` records where the items were read from; ``compare`` without ``--data-root``
+    then rebuilds the trajectories with their images from there (a moved folder is passed over)."""
+    data, a, b = runs
+    copies = []
+    for run, root in ((a, tmp_path / "gone"), (b, data)):
+        copy = tmp_path / run.name
+        shutil.copytree(run, copy)
+        record = json.loads((copy / "protocol.json").read_text(encoding="utf-8"))
+        assert "data_root" in record  # written by run_evaluation (None for these runs)
+        record["data_root"] = str(root)
+        (copy / "protocol.json").write_text(json.dumps(record), encoding="utf-8")
+        copies.append(copy)
+    page, _, _ = write_comparison(copies, tmp_path / "cmp", max_items=1)
+    doc = page.read_text(encoding="utf-8")
+    assert "No --data-root given" not in doc and "data:image/png;base64" in doc

@@ -480,6 +480,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             concurrency=args.concurrency if served else None,
             force=args.force,
+            data_root=args.data_root,
         )
     except ProtocolMismatch as exc:
         raise SystemExit(str(exc)) from None

@@ -23,8 +23,8 @@ correct (``by="mean"``, the default; the same for greedy runs). The runs disagre
 (same task and qid, present in at least two runs) when these values are not all equal.
 
 **Trajectories.** The JSONL keeps each turn's text and the number of images, not the images. With
-``data_root`` the items are loaded again (``get_task(task).load(data_root)``; ``protocol.json``
-does not record the data root), the question is rebuilt as the run built it
+``data_root`` (given, or else the one the runs' ``protocol.json`` recorded, if it still exists) the
+items are loaded again (``get_task(task).load(data_root)``), the question is rebuilt as the run built it
 (:meth:`~pixelreasoner.rollout.engine.Query.from_item` under the run's own pixel budget and prompt
 mode), and every tool call is executed again on it, which gives back the returned crops and
 frames (the operations are deterministic). An observation whose re-execution does not match the
@@ -767,6 +767,15 @@ def render_html(
     )
 
 
+def recorded_data_root(runs: Sequence[Run]) -> Path | None:
+    """The first data root recorded in the runs' protocols that still exists, if any."""
+    for run in runs:
+        root = (run.record or {}).get("data_root")
+        if root and Path(root).is_dir():
+            return Path(root)
+    return None
+
+
 def write_comparison(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -775,7 +784,9 @@ def write_comparison(
     max_items: int = DEFAULT_MAX_ITEMS,
 ) -> tuple[Path, Path, Comparison]:
     """Compare ``run_dirs``; writes ``OUT/compare.html`` and ``OUT/compare.md`` (returned, with the data)."""
-    comparison = compare_runs(load_runs(run_dirs), by)
+    runs = load_runs(run_dirs)
+    data_root = data_root or recorded_data_root(runs)
+    comparison = compare_runs(runs, by)
     needed = sorted({d.task for d in comparison.disagreements[: max(0, max_items)]})
     items, notes = load_items(needed, data_root)
     if data_root is None and comparison.disagreements:

@@ -450,6 +450,7 @@ def run_evaluation(
     concurrency: int | None = None,
     progress: bool = True,
     force: bool = False,
+    data_root: str | Path | None = None,
 ) -> list[TaskReport]:
     """Evaluate every task under ``protocol`` into ``OUT`` and write the summary.
 
@@ -457,7 +458,7 @@ def run_evaluation(
     engine gets the protocol's budget, limits and decoding; ``backend`` must have been made with
     the same budget (it renders images with it).
     """
-    record = protocol_record(protocol, model)
+    record = protocol_record(protocol, model, data_root)
     moved = prepare_out(out_dir, record, force)
     if moved is not None and progress:
         print(f"results of another protocol moved to {moved}")

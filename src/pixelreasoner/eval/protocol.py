@@ -44,6 +44,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ RELEASED_MAX_TOTAL_TOKENS = 12 * 1024 - 200
 
 LIBRARIES = ("pixelreasoner", "torch", "transformers")
 
-NOT_COMPARED = frozenset({"name", "budget_name", "model.path", "model.files", "scoring_sources"})
+NOT_COMPARED = frozenset({"name", "budget_name", "model.path", "model.files", "scoring_sources", "data_root"})
 """Recorded but not compared on resume: labels (the values they stand for are compared), where
 the weights lie (their hash is compared; a model without one, served over HTTP, is compared by
 URL), and the scoring sources' hashes (see :data:`SCORING_VERSION`)."""
@@ -411,13 +412,17 @@ def scoring_sources() -> dict[str, str]:
     }
 
 
-def protocol_record(protocol: EvalProtocol, model: ModelIdentity) -> dict[str, Any]:
-    """What ``protocol.json`` and ``summary.json`` hold: protocol, model, versions."""
+def protocol_record(
+    protocol: EvalProtocol, model: ModelIdentity, data_root: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """What ``protocol.json`` and ``summary.json`` hold: protocol, model, versions, and where the
+    items were read from (``data_root``, absolute; a record, not compared: data may move)."""
     return {
         **protocol.to_dict(),
         "model": model.to_dict(),
         "versions": library_versions(),
         "scoring_sources": scoring_sources(),
+        "data_root": os.path.abspath(data_root) if data_root is not None else None,
     }
 
 
