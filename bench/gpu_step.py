@@ -69,6 +69,7 @@ from pixelreasoner.tasks.generate import generate_dataset
 from pixelreasoner.train.common import apply_freezing, enable_checkpointing
 from pixelreasoner.train.dist import make_distribution
 from pixelreasoner.train.fsdp import FSDPOptions
+from pixelreasoner.train.options import RunOptions
 from pixelreasoner.train.rl import RLConfig
 from pixelreasoner.train.rl_steps import Sample, Scorer, compute_old_logprobs, ppo_update
 from pixelreasoner.train.sft_steps import SFTStepStats, sft_step
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.set_device(device)
     # One process, as the training loops set it up: amp is accelerate's bf16 autocast around the
     # prepared model's forward, which the steps, the rollouts and the log-prob passes all call.
-    options = RLConfig(
+    options = RunOptions(
         strategy=args.strategy,
         mixed_precision="bf16" if args.precision == "amp" else "no",
         fsdp=FSDPOptions(offload=args.offload),

@@ -216,24 +216,15 @@ def test_two_processes_train(setup, tmp_path) -> None:  # type: ignore[no-untype
     _, model = setup
     data = tmp_path / "mixed"
     generate_dataset([make_family("needle"), make_family("frames")], 4, data, seed=3, progress=False)
-    done = _launch(
-        2,
-        "-m",
-        "pixelreasoner.cli",
-        "rl",
-        f"data={data}",
-        f"model={model}",
-        f"out_dir={tmp_path / 'two'}",
+    done = _launch_rl(
+        data,
+        model,
+        tmp_path / "two",
         "seed=2",  # the first phase: one process draws frames only, the other frames and needle
         "steps=2",
         "queries_per_step=4",
-        "group_size=2",
-        "max_turn_tokens=12",
         "train_batch_size=8",
         "micro_batch=4",
-        "filter=none",
-        "progress=false",
-        "metrics=jsonl",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     logged = read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -304,6 +295,22 @@ def _launch(processes: int, *args: str, timeout: int = 600) -> subprocess.Comple
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def _launch_rl(data: Path, model: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """``pixelreasoner rl`` on 2 gloo processes with the tests' tiny rollouts (2 per query)."""
+    base = ["group_size=2", "max_turn_tokens=12", "filter=none", "progress=false", "metrics=jsonl"]
+    return _launch(
+        2,
+        "-m",
+        "pixelreasoner.cli",
+        "rl",
+        f"data={data}",
+        f"model={model}",
+        f"out_dir={out}",
+        *base,
+        *overrides,
+    )
+
+
 @pytest.mark.parametrize(
     ("loss_norm", "strategy", "checkpointing"),
     [
@@ -366,23 +373,8 @@ def test_two_processes_survive_batches_without_images(setup, tmp_path) -> None: 
     Image.new("RGB", (4020, 20), "white").save(thin)
     bad = [dataclasses.replace(items[0], qid=f"needle-thin{k}", images=[str(thin)]) for k in range(3)]
     write_items([*items, *bad], data / "items.parquet")
-    done = _launch(
-        2,
-        "-m",
-        "pixelreasoner.cli",
-        "rl",
-        f"data={data}",
-        f"model={model}",
-        f"out_dir={tmp_path / 'two'}",
-        "steps=3",
-        "queries_per_step=2",
-        "group_size=2",
-        "max_turn_tokens=12",
-        "train_batch_size=4",
-        "micro_batch=2",
-        "filter=none",
-        "progress=false",
-        "metrics=jsonl",
+    done = _launch_rl(
+        data, model, tmp_path / "two", "steps=3", "queries_per_step=2", "train_batch_size=4", "micro_batch=2"
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "skipping query needle-thin" in done.stderr
