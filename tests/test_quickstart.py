@@ -1,51 +1,118 @@
-"""The quickstart's --fast path end to end (what CI runs), and skipping finished stages."""
+"""The quickstart's --fast path end to end (what CI runs), resuming, and the report's verdicts."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
+
 from pixelreasoner.cli import main
+from pixelreasoner.quickstart import QuickstartConfig, rl_runs
+from pixelreasoner.report import ArmRuns, ModelScores, check_targets, rl_signal, verdicts
 
-STAGES = ("tasks", "traces", "sft", "sft-text", "rl-curiosity", "rl-plain", "rl-text", "eval")
+STAGES = ("tasks", "traces", "sft", "rl-curiosity-s0", "rl-plain-s0", "eval/sft", "eval/rl-curiosity-s0")
 
 
-def test_fast_quickstart_runs_and_resumes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_fast_quickstart_runs_and_resumes(tmp_path: Path, capfd) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "qs"
-    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
+    assert main(["quickstart", "--fast", "--out", str(out), "--workers", "1"]) == 0
     for stage in STAGES:
         assert (out / stage / "DONE.json").is_file(), stage
-    results = json.loads((out / "eval" / "results.json").read_text())
-    assert set(results) == {"sft", "rl-curiosity", "rl-plain", "sft-text", "rl-text"}
-    assert set(results["sft"]) == {"needle", "frames"} and results["sft"]["needle"]["n"] == 6
+    warm = json.loads((out / "eval" / "sft" / "DONE.json").read_text())
+    assert set(warm) == {"greedy", "sampled", "seconds"}
+    sampled = warm["sampled"]["needle"]
+    assert sampled["n"] == 6 and sampled["n_records"] == 12  # 2 samples per item
+    assert sampled["paths"]["tool"]["n"] + sampled["paths"]["direct"]["n"] == 12
+    metrics = (out / "rl-curiosity-s0" / "metrics.jsonl").read_text().splitlines()
+    assert "train/rapr" in json.loads(metrics[0])
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "Targets" in report and "needle-000000" in report
-    assert "| SFT warm start | vcot |" in (out / "report.md").read_text()
-    assert "RL with curiosity: trained on" in (out / "report.md").read_text()
-    # a second run skips every finished stage
-    capsys.readouterr()
-    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("done before, skipping") == len(STAGES)
+    markdown = (out / "report.md").read_text()
+    assert "| SFT warm start | - |" in markdown and "| RL without curiosity | 0 |" in markdown
+    assert "rl-curiosity-s0: trained on" in markdown
+    # a second run skips every finished stage; a second seed reuses the first seed's runs (in
+    # two worker processes, whose output capfd sees)
+    capfd.readouterr()
+    assert main(["quickstart", "--fast", "--out", str(out), "--workers", "1"]) == 0
+    assert capfd.readouterr().out.count("done before, skipping") == 3 + 2 + 3
+    assert main(["quickstart", "--fast", "--out", str(out), "--seeds", "2", "--arms", "curiosity,plain"]) == 0
+    printed = capfd.readouterr().out
+    assert "rl-curiosity-s1 ..." in printed and "rl-curiosity-s0 ..." not in printed
+    assert "| RL with curiosity | 0, 1 |" in (out / "report.md").read_text()
 
 
-def _metrics(folder: Path, rows: list[dict[str, float]]) -> None:
-    folder.mkdir(parents=True)
-    (folder / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": i, **r}) + "\n" for i, r in enumerate(rows))
+def test_rl_runs_and_unknown_arms() -> None:
+    config = QuickstartConfig(arms=("curiosity", "plain"), seeds=2, seed=5)
+    assert rl_runs(config) == [
+        ("rl-curiosity-s5", "curiosity", 5),
+        ("rl-plain-s5", "plain", 5),
+        ("rl-curiosity-s6", "curiosity", 6),
+        ("rl-plain-s6", "plain", 6),
+    ]
+    with pytest.raises(ValueError, match="unknown RL arm"):
+        rl_runs(QuickstartConfig(arms=("curious",)))
+    with pytest.raises(SystemExit, match="unknown --arms"):
+        main(["quickstart", "--arms", "bogus"])
+
+
+# ------------------------------------------------------------------ verdicts match the numbers
+def _scores(greedy: float, tool: float = 0.5, direct: float = 0.6, tool_n: int = 100) -> ModelScores:
+    return ModelScores(greedy, 0.5, greedy, 0.5, tool, tool_n, direct, 200 - tool_n)
+
+
+def _arm(name: str, rapr: list[list[float]], greedy: list[float], bonus: float = 0.0) -> ArmRuns:
+    label = {"curiosity": "RL with curiosity", "plain": "RL without curiosity"}[name]
+    phases = [
+        [{"train/rapr": r, "train/reward": 0.5, "train/curiosity": bonus if r < 0.3 else 0.0} for r in run]
+        for run in rapr
+    ]
+    return ArmRuns(name, label, False, list(range(len(rapr))), phases, [_scores(g) for g in greedy])
+
+
+def test_targets_met_when_the_trap_springs_and_curiosity_escapes() -> None:
+    warm = _scores(0.55)
+    plain = _arm("plain", [[0.5, 0.2, 0.05], [0.5, 0.1, 0.0], [0.4, 0.1, 0.08]], [0.56, 0.55, 0.57])
+    curious = _arm(
+        "curiosity", [[0.5, 0.28, 0.9], [0.5, 0.3, 0.95], [0.5, 0.26, 0.8]], [0.85, 0.88, 0.9], 0.01
     )
+    checks = check_targets(warm, [curious, plain])
+    assert [c.ok for c in checks] == [True, True, True, True], checks
+    assert checks[0].numbers == "final-phase RaPR 0.05, 0.00, 0.08"
+    assert checks[1].numbers == "lowest phase RaPR 0.28, 0.30, 0.26"
 
 
-def test_report_says_when_the_curiosity_bonus_never_fired(tmp_path: Path) -> None:
-    from pixelreasoner.report import rl_signal
+def test_targets_not_met_and_why() -> None:
+    warm = _scores(0.55)
+    # one seed: RaPR stays up in both arms, identical rewards, no interval over seeds
+    plain = _arm("plain", [[0.5, 0.6, 0.7]], [0.6])
+    curious = _arm("curiosity", [[0.5, 0.6, 0.7]], [0.62])
+    checks = check_targets(warm, [curious, plain])
+    assert [c.ok for c in checks] == [False, True, False, False]
+    assert "one seed: no interval over seeds" in checks[2].numbers
+    assert check_targets(warm, [curious])[0].ok is None  # no plain arm: not measured
+    lines = verdicts(warm, [curious, plain])
+    assert "Direct minus zoomed: +10.0 points; the paper's premise holds" in lines[0]
+    assert "no query's RaPR fell below the threshold H" in lines[1]
+    assert "it rose" in lines[1]
+    assert any("they are the same runs" in line for line in lines)
+    assert "(+2.0 points for curiosity)" in lines[-1]
 
-    quiet = [{"train/reward": 0.9, "train/curiosity": 0.0, "train/trained_samples": 40.0}] * 2
-    _metrics(tmp_path / "rl-curiosity", quiet)
-    _metrics(tmp_path / "rl-plain", quiet)
-    lines = rl_signal(tmp_path)
-    assert lines[0].startswith("RL with curiosity: trained on 80 samples in 2 steps")
-    assert lines[-1].startswith("The curiosity bonus was 0") and "the same run" in lines[-1]
 
-    fired = tmp_path / "fired"
-    _metrics(fired / "rl-curiosity", [{"train/reward": 0.9, "train/curiosity": 0.1}])
-    _metrics(fired / "rl-plain", [{"train/reward": 0.8, "train/curiosity": 0.0}])
-    assert not any("curiosity bonus" in line for line in rl_signal(fired))
+def test_warm_start_verdicts_follow_the_gap() -> None:
+    assert "does not hold" in verdicts(_scores(0.5, tool=0.7, direct=0.5), [])[0]
+    assert "neither path pays more" in verdicts(_scores(0.5, tool=0.5, direct=0.5), [])[0]
+    assert "too few" in verdicts(_scores(0.5, tool=0.5, direct=0.9, tool_n=3), [])[0]
+    no_zoom = ModelScores(0.5, 0.0, 0.5, 0.0, math.nan, 0, 0.5, 100)
+    assert "every sampled held-out trajectory answered directly" in verdicts(no_zoom, [])[0]
+
+
+def test_rl_signal_says_when_a_run_trained_on_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "rl-plain-s0"
+    folder.mkdir()
+    rows = [{"step": i, "train/trained_samples": 0.0, "train/uniform_group_ratio": 1.0} for i in range(2)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (line,) = rl_signal(tmp_path, ["rl-plain-s0", "rl-missing"])
+    assert line.startswith("rl-plain-s0: trained on 0 samples in 2 phases; 100% of groups uniform")
+    assert "warm start unchanged" in line

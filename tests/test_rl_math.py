@@ -183,3 +183,70 @@ def test_token_entropy_in_chunks_equals_the_whole() -> None:
     for rows in (1, 5, 37, 100):
         assert torch.allclose(token_entropy(logits, rows_per_chunk=rows), whole, atol=1e-6)
     assert token_entropy(torch.zeros(0, 50)).shape == (0,)
+
+
+# ------------------------------------------------------------------ the rescue bonus (beyond the paper)
+@pytest.mark.parametrize(
+    ("uses", "batch_rapr", "expected"),
+    [
+        (True, 0.1, 0.3),  # 0.5 * (0.3 - 0.1) * 0.3 / 0.1
+        (True, 0.2, 0.075),  # 0.5 * 0.1 * 1.5
+        (True, 0.01, 1.0),  # 0.5 * 0.29 * 30 = 4.35, capped at 1
+        (True, 0.3, 0.0),  # at H: no gap
+        (True, 0.8, 0.0),
+        (False, 0.1, 0.0),  # only tool-using rollouts
+        (True, 0.0, 0.0),  # no tool use in the batch: nobody to pay
+    ],
+)
+def test_rescue_bonus_hand_derived(uses: bool, batch_rapr: float, expected: float) -> None:
+    from pixelreasoner.rl.reward import rescue_bonus
+
+    assert rescue_bonus(uses, batch_rapr, RewardConfig(rescue=True)) == pytest.approx(expected)
+    assert rescue_bonus(uses, batch_rapr, RewardConfig()) == 0.0  # off unless asked for
+
+
+def test_rescue_bonus_keeps_the_batch_total_as_tool_use_vanishes() -> None:
+    """What the paper's bonus lacks: its batch total α(H − R)·R shrinks to 0 with R; the rescue
+    bonus's total R·b(R) = α·H·(H − R) tends to α·H² (until the cap binds)."""
+    from pixelreasoner.rl.reward import rescue_bonus
+
+    config = RewardConfig(rescue=True, rescue_cap=100.0)
+    for r in (0.25, 0.1, 0.05, 0.01, 0.001):
+        assert r * rescue_bonus(True, r, config) == pytest.approx(0.5 * 0.3 * (0.3 - r))
+        assert r * curiosity_bonus(True, r, config) == pytest.approx(0.5 * (0.3 - r) * r)
+
+
+def test_group_rewards_add_the_rescue_bonus_from_the_batch_rapr() -> None:
+    """One tool rollout of 4 in a group; the batch (8 rollouts) has RaPR 1/8."""
+    group = [RolloutFacts(1.0, True, n_ops=1)] + [RolloutFacts(1.0, True)] * 3
+    parts = group_rewards(group, RewardConfig(rescue=True), batch_rapr=0.125)
+    # paper: 0.5 * (0.3 - 0.25) = 0.025; rescue: 0.5 * (0.3 - 0.125) * 0.3 / 0.125 = 0.21
+    assert parts[0].curiosity == pytest.approx(0.025 + 0.21)
+    assert [p.curiosity for p in parts[1:]] == [0.0] * 3
+    # without a batch RaPR the group's own stands in: 0.5 * 0.05 * 0.3 / 0.25 = 0.03
+    assert group_rewards(group, RewardConfig(rescue=True))[0].curiosity == pytest.approx(0.025 + 0.03)
+
+
+def test_score_groups_pays_the_rescue_bonus_from_the_whole_batch() -> None:
+    from pixelreasoner.train.rl_steps import score_groups
+
+    items = [_item("a"), _item("b")]
+    tool = _trajectory(n_calls=1, answer="A")
+    direct = _trajectory(n_calls=0, answer="A")
+    trajectories = [tool, direct, direct, direct] + [direct] * 4
+    scores = score_groups(items, trajectories, 4, RewardConfig(rescue=True), "none")
+    assert scores.parts[0].curiosity == pytest.approx(0.025 + 0.21)
+
+
+def _item(qid: str):  # type: ignore[no-untyped-def]
+    from pixelreasoner.data.items import TaskItem
+
+    return TaskItem(qid=f"needle-{qid}", question="Which?", answer="A", choices=["x", "y"])
+
+
+def _trajectory(n_calls: int, answer: str):  # type: ignore[no-untyped-def]
+    from pixelreasoner.trajectory import Conversation, Trajectory
+
+    conversation = Conversation.from_question("Which?")
+    conversation.add_model_turn(f"The answer is \\boxed{{{answer}}}.")
+    return Trajectory(conversation, n_calls=n_calls)

@@ -239,3 +239,31 @@ def test_valid_step_text_rules() -> None:
     assert not valid_step_text("conclude", "It is coarse. \\boxed{C}.", facts)
     assert not valid_step_text("locate", "Look \\boxed{B}", facts)
     assert not valid_step_text("locate", "", facts)
+
+
+def test_direct_traces_answer_the_same_question_without_an_operation(dataset) -> None:  # type: ignore[no-untyped-def]
+    """The learning trap's warm start: a share of the items answered at once, with the tool prompt."""
+    _, items = dataset
+    images = [copy.deepcopy(i) for i in items if i.benchmark == "needle" for _ in range(50)]
+    for n, item in enumerate(images):
+        item.qid = f"needle-{n:05d}"
+    mixed = TraceSynthesizer(BUDGET, mix=TraceMix.single_pass(direct=0.5))
+    made = [mixed.synthesize(item) for item in images]
+    counts = Counter(variant for _, variant in made)
+    assert set(counts) == {"single", "direct"} and abs(counts["direct"] / len(images) - 0.5) < 0.12, counts
+    conversation, _ = next((c, v) for c, v in made if v == "direct")
+    item = images[[v for _, v in made].index("direct")]
+    assert kinds(conversation) == ["prompt", "prompt", "model"]
+    assert conversation.turns[0].text == system_message(with_tools=True)  # the vcot prompt
+    assert item.question in conversation.turns[1].text  # the item's own question, not a global one
+    assert "<tool_call>" not in conversation.turns[-1].text
+    assert conversation.turns[-1].text.endswith(f"\\boxed{{{item.answer}}}.")
+    # a mix without direct traces draws exactly the variants it drew before the option existed
+    plain = TraceSynthesizer(BUDGET, mix=TraceMix.single_pass(self_correction=0.3))
+    assert [plain.synthesize(i)[1] for i in images] == [
+        TraceSynthesizer(BUDGET, mix=TraceMix.single_pass(self_correction=0.3, direct=0.0)).synthesize(i)[1]
+        for i in images
+    ]
+    assert "direct" not in {plain.synthesize(i)[1] for i in images}
+    with pytest.raises(ValueError, match="direct"):
+        TraceMix(direct=1.5)

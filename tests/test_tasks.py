@@ -214,3 +214,24 @@ def test_layout_knobs_are_refused_where_they_do_nothing() -> None:
     assert scattered.chance == pytest.approx(1 / 5)
     single = make_family("read", layout="single", digits=2, scale=6).sample(1)
     assert 10 <= int(single.answer) <= 99
+
+
+@pytest.mark.parametrize("name", ["needle", "frames"])
+def test_answer_prior_favours_option_a_and_changes_nothing_else(name: str) -> None:
+    """favour_a = f makes A right on f + (1 - f) / n of the items; the rest of an item is unchanged."""
+    small = {"grid": 2, "cell": 28} if name == "needle" else {"n_frames": 4, "size": 28}
+    plain, favoured = make_family(name, **small), make_family(name, favour_a=0.6, **small)
+    seeds = range(400)  # deterministic: the seeds are fixed
+    share = sum(favoured.sample(s).answer == "A" for s in seeds) / len(seeds)
+    n = len(plain.answer_space(plain.sample(0)))
+    assert abs(share - (0.6 + 0.4 / n)) < 0.07
+    assert abs(sum(plain.sample(s).answer == "A" for s in seeds) / len(seeds) - 1 / n) < 0.07
+    always = make_family(name, favour_a=1.0, **small)
+    for s in range(5):
+        a, b = plain.sample(s), always.sample(s)
+        assert b.answer == "A" and a.question == b.question and a.cue_bbox == b.cue_bbox
+        assert a.cue_frames == b.cue_frames
+        assert b.images[0].tobytes() == plain.sample(s, answer="A").images[0].tobytes()
+    # without the knob, samples are what they always were (the prior draws from its own stream)
+    unset = make_family(name, favour_a=0.0, **small)
+    assert unset.sample(3).images[-1].tobytes() == plain.sample(3).images[-1].tobytes()

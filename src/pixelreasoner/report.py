@@ -1,8 +1,13 @@
-"""The quickstart's report: table, learning curves, example trajectories, checked targets.
+"""The quickstart's report: the learning-trap figure, the table, the targets, and verdicts.
 
-Everything shown is read from the run's own files (``eval/results.json``, each RL stage's
-``metrics.jsonl``); example trajectories are re-rolled greedily from the final curiosity model.
-Writes ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG).
+Everything shown is read from the run's own files: each evaluation's ``eval/{model}/DONE.json``
+(held-out accuracy, greedy and sampled, split by path) and each RL run's ``metrics.jsonl`` (per
+phase: RaPR, accuracy by path, bonus, penalty). Example trajectories are re-rolled greedily from
+the first curiosity run. Writes ``report.md``, ``curves.png`` and a self-contained ``report.html``.
+
+The verdicts are computed from the numbers they state, so the text cannot claim what the run did
+not show: a bonus that never fired, an arm that never left its warm start, or a trap that did not
+spring are each named as such.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import base64
 import html
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -22,66 +29,355 @@ import matplotlib.pyplot as plt
 import torch
 
 from pixelreasoner.data.formats import read_items
-from pixelreasoner.tasks.families import make_family
+from pixelreasoner.eval.harness import Interval, t_interval
 from pixelreasoner.train.metrics import read_metrics
 from pixelreasoner.viewer import STYLESHEET
 
-TARGETS = (
-    "curiosity RL: accuracy >= 0.85 with RaPR >= 0.7",
-    "text-only model: near chance",
-    "RL without curiosity: RaPR falls (the learning trap)",
-    "RL with curiosity: RaPR stays up (>= 0.3 at the end of RL)",
-)
+if TYPE_CHECKING:
+    from pixelreasoner.quickstart import QuickstartConfig
+
+TRAP_RAPR = 0.1
+"""Without curiosity, RaPR at the end of RL must fall below this (the trap sprang)."""
+KEPT_RAPR = 0.25
+"""With curiosity, RaPR must stay at or above this in every phase."""
+MARGIN = 0.10
+"""The curiosity arm's held-out accuracy must beat the other arm's by this much."""
+GAIN = 0.20
+"""RL must improve on its warm start's held-out accuracy by this much."""
+FEW = 20
+"""Fewer sampled trajectories than this on a path: too few to compare the paths."""
 
 
-def _mean(results: Mapping[str, Any], model: str, key: str) -> float:
-    values = [r[key] for r in results.get(model, {}).values() if r["n"]]
-    return sum(values) / len(values) if values else float("nan")
+# ---------------------------------------------------------------------------------- reading
+@dataclass
+class ModelScores:
+    """One model's held-out numbers (averaged over its families), greedy and sampled."""
+
+    greedy: float
+    greedy_rapr: float
+    sampled: float
+    sampled_rapr: float
+    tool: float
+    """Sampled accuracy of the trajectories that called an operation (NaN: none did)."""
+    tool_n: int
+    direct: float
+    direct_n: int
 
 
-def results_table(
-    results: Mapping[str, Any], models: Mapping[str, tuple[str, str]], families: Sequence[str]
-) -> str:
-    head = "| model | prompt | " + " | ".join(families) + " | mean | RaPR | tool errors |"
-    lines = [head, "|" + "---|" * (len(families) + 5)]
-    for name, (label, mode) in models.items():
-        if name not in results:
+def model_scores(summary: Mapping[str, Any]) -> ModelScores:
+    """An ``eval/{model}/DONE.json`` reduced to one number per quantity (family mean; paths pooled)."""
+
+    def mean(decoding: str, key: str) -> float:
+        values = [float(r[key]) for r in summary[decoding].values() if r["n"]]
+        return sum(values) / len(values) if values else math.nan
+
+    def path(name: str) -> tuple[float, int]:
+        reports = [r for r in summary["sampled"].values() if r["n"]]
+        n = sum(int(r["paths"][name]["n"]) for r in reports)
+        correct = sum(
+            float(r["paths"][name]["score"]) * int(r["paths"][name]["n"])
+            for r in reports
+            if r["paths"][name]["n"]
+        )
+        return (correct / n if n else math.nan), n
+
+    tool, tool_n = path("tool")
+    direct, direct_n = path("direct")
+    return ModelScores(
+        greedy=mean("greedy", "score"),
+        greedy_rapr=mean("greedy", "rapr"),
+        sampled=mean("sampled", "score"),
+        sampled_rapr=mean("sampled", "rapr"),
+        tool=tool,
+        tool_n=tool_n,
+        direct=direct,
+        direct_n=direct_n,
+    )
+
+
+@dataclass
+class ArmRuns:
+    """Every seed's run of one arm: its per-phase metrics and its held-out scores."""
+
+    arm: str
+    label: str
+    ablation: bool
+    seeds: list[int] = field(default_factory=list)
+    phases: list[list[dict[str, float]]] = field(default_factory=list)
+    scores: list[ModelScores] = field(default_factory=list)
+
+    def series(self, key: str) -> list[list[float]]:
+        """``train/{key}`` per phase, one list per seed (NaN where a phase lacks it)."""
+        return [[float(r.get(f"train/{key}", math.nan)) for r in run] for run in self.phases]
+
+    def interval(self, key: str) -> tuple[float, Interval]:
+        return t_interval([getattr(s, key) for s in self.scores])
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_arms(out: Path, config: QuickstartConfig) -> list[ArmRuns]:
+    """The finished RL runs of each configured arm (runs not yet evaluated are left out)."""
+    from pixelreasoner.quickstart import ARMS, rl_runs
+
+    arms = {arm: ArmRuns(arm, ARMS[arm].label, ARMS[arm].ablation) for arm in config.arms}
+    for name, arm, seed in rl_runs(config):
+        evaluation = _load_json(out / "eval" / name / "DONE.json")
+        metrics = out / name / "metrics.jsonl"
+        if evaluation is None or not metrics.is_file():
             continue
-        scores = " | ".join(f"{100 * results[name][f]['score']:.1f}" for f in families if f in results[name])
-        score, rapr = _mean(results, name, "score"), _mean(results, name, "rapr")
-        errors = _mean(results, name, "tool_error_rate")
+        arms[arm].seeds.append(seed)
+        arms[arm].phases.append(read_metrics(metrics))
+        arms[arm].scores.append(model_scores(evaluation))
+    return [a for a in arms.values() if a.seeds]
+
+
+# ---------------------------------------------------------------------------------- text
+def pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def pct_interval(mean: float, interval: Interval) -> str:
+    text = pct(mean)
+    return text + (f" [{pct(interval[0])}, {pct(interval[1])}]" if interval is not None else "")
+
+
+def results_table(warm: ModelScores, arms: Sequence[ArmRuns]) -> str:
+    """Held-out accuracy per model; RL arms as the mean over seeds with a 95% t-interval."""
+    head = (
+        "| model | seeds | greedy accuracy | greedy RaPR | sampled accuracy | sampled RaPR "
+        "| zoomed: accuracy (share) | direct: accuracy (share) |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+
+    def row(label: str, seeds: str, scores: Sequence[ModelScores], interval: Any) -> str:
+        mean = lambda key: sum(getattr(s, key) for s in scores) / len(scores)  # noqa: E731
+        tool_n, direct_n = sum(s.tool_n for s in scores), sum(s.direct_n for s in scores)
+        total = max(tool_n + direct_n, 1)
+        tool = sum(s.tool * s.tool_n for s in scores if s.tool_n) / tool_n if tool_n else math.nan
+        direct = sum(s.direct * s.direct_n for s in scores if s.direct_n) / direct_n if direct_n else math.nan
+        return (
+            f"| {label} | {seeds} | {interval('greedy')} | {pct(mean('greedy_rapr'))}% "
+            f"| {interval('sampled')} | {pct(mean('sampled_rapr'))}% "
+            f"| {pct(tool)} ({100 * tool_n / total:.0f}%) | {pct(direct)} ({100 * direct_n / total:.0f}%) |"
+        )
+
+    lines.append(row("SFT warm start", "-", [warm], lambda key: pct(getattr(warm, key))))
+    for arm in arms:
         lines.append(
-            f"| {label} | {mode} | {scores} | {100 * score:.1f} | {100 * rapr:.0f}% | {100 * errors:.0f}% |"
+            row(
+                arm.label,
+                ", ".join(map(str, arm.seeds)),
+                arm.scores,
+                lambda key, arm=arm: pct_interval(*arm.interval(key)),
+            )
         )
     return "\n".join(lines)
 
 
-def curves_png(out: Path) -> bytes | None:
-    """RaPR and accuracy over RL steps, with and without curiosity."""
-    runs = {
-        "with curiosity": out / "rl-curiosity" / "metrics.jsonl",
-        "without curiosity": out / "rl-plain" / "metrics.jsonl",
-    }
-    loaded = {k: read_metrics(p) for k, p in runs.items() if p.is_file()}
-    if not loaded:
+# ---------------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Check:
+    target: str
+    ok: bool | None
+    numbers: str
+
+
+def _by_arm(arms: Sequence[ArmRuns], name: str) -> ArmRuns | None:
+    return next((a for a in arms if a.arm == name), None)
+
+
+def check_targets(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[Check]:
+    """The issue's four targets, each met / not met with the numbers behind it (None: no run)."""
+    plain, curious = _by_arm(arms, "plain"), _by_arm(arms, "curiosity")
+    checks = []
+    target = f"without curiosity, RaPR falls below {TRAP_RAPR} by the end of RL (every seed)"
+    if plain:
+        last = [run[-1] for run in plain.series("rapr")]
+        numbers = "final-phase RaPR " + ", ".join(f"{v:.2f}" for v in last)
+        checks.append(Check(target, all(v < TRAP_RAPR for v in last), numbers))
+    else:
+        checks.append(Check(target, None, "no run"))
+    target = f"with curiosity, RaPR stays >= {KEPT_RAPR} in every phase (every seed)"
+    if curious:
+        lowest = [min(run) for run in curious.series("rapr")]
+        numbers = "lowest phase RaPR " + ", ".join(f"{v:.2f}" for v in lowest)
+        checks.append(Check(target, all(v >= KEPT_RAPR for v in lowest), numbers))
+    else:
+        checks.append(Check(target, None, "no run"))
+    target = (
+        f"curiosity's held-out greedy accuracy beats the other arm's by >= {100 * MARGIN:.0f} points, "
+        "intervals apart"
+    )
+    if plain and curious:
+        (a, ia), (b, ib) = curious.interval("greedy"), plain.interval("greedy")
+        apart = ia is not None and ib is not None and (ia[0] > ib[1])
+        numbers = f"{pct_interval(a, ia)} vs {pct_interval(b, ib)}"
+        if ia is None or ib is None:
+            numbers += " (one seed: no interval over seeds)"
+        checks.append(Check(target, a - b >= MARGIN and apart, numbers))
+    else:
+        checks.append(Check(target, None, "no run"))
+    target = (
+        f"RL with curiosity improves held-out greedy accuracy on its warm start by >= {100 * GAIN:.0f} points"
+    )
+    if curious:
+        a, ia = curious.interval("greedy")
+        numbers = f"{pct(warm.greedy)} -> {pct_interval(a, ia)}"
+        checks.append(Check(target, a - warm.greedy >= GAIN, numbers))
+    else:
+        checks.append(Check(target, None, "no run"))
+    return checks
+
+
+# ---------------------------------------------------------------------------------- verdicts
+def _mean(values: Sequence[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def _seed_means(series: list[list[float]], phases: slice) -> float:
+    return _mean([_mean(run[phases]) for run in series])
+
+
+def verdicts(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[str]:
+    """What happened, in sentences derived from the numbers they quote."""
+    lines = []
+    gap = warm.direct - warm.tool
+    if math.isnan(gap):
+        path = "zoomed" if math.isnan(warm.direct) else "answered directly"
+        lines.append(
+            f"Warm start: every sampled held-out trajectory {path}, so the two paths cannot be"
+            " compared; the experiment's premise (competing paths) is not there."
+        )
+    else:
+        if min(warm.tool_n, warm.direct_n) < FEW:
+            premise = f"one path has fewer than {FEW} trajectories, too few to say which pays more"
+        elif gap > 0:
+            premise = (
+                "the paper's premise holds: answering directly pays more than the nascent pixel-space skill"
+            )
+        elif gap < 0:
+            premise = (
+                "the paper's premise does not hold: zooming already pays more than answering directly,"
+                " so plain RL has no reason to abandon it"
+            )
+        else:
+            premise = "neither path pays more"
+        lines.append(
+            f"Warm start (sampled, held-out): zoomed {pct(warm.tool)}% right on {warm.tool_n} trajectories,"
+            f" direct {pct(warm.direct)}% on {warm.direct_n}; RaPR {pct(warm.sampled_rapr)}%. Direct minus"
+            f" zoomed: {100 * gap:+.1f} points; {premise}."
+        )
+    for arm in arms:
+        rapr = arm.series("rapr")
+        first, last = _seed_means(rapr, slice(0, 1)), _seed_means(rapr, slice(-1, None))
+        lowest = min(min(run) for run in rapr)
+        tool_end = _seed_means(arm.series("accuracy_tool"), slice(-3, None))
+        direct_end = _seed_means(arm.series("accuracy_direct"), slice(-3, None))
+        bonus = arm.series("curiosity")
+        fired = sum(v > 0 for run in bonus for v in run)
+        phases = sum(len(run) for run in bonus)
+        movement = (
+            "fell"
+            if last < first - 0.1
+            else "rose"
+            if last > first + 0.1
+            else "stayed within 0.1 of its start"
+        )
+        line = (
+            f"{arm.label} ({len(arm.seeds)} seed{'s' if len(arm.seeds) > 1 else ''}): RaPR {first:.2f} in the"
+            f" first phase -> {last:.2f} in the last (lowest {lowest:.2f}); it {movement}. Over the last 3"
+            f" phases, zoomed rollouts were right {pct(tool_end)}% and direct ones {pct(direct_end)}%."
+        )
+        if arm.arm != "plain":
+            line += f" The bonus was paid in {fired} of {phases} phases" + (
+                f" (mean {_mean([v for run in bonus for v in run]):.3f} per rollout)."
+                if fired
+                else ": no query's RaPR fell below the threshold H, so this arm optimised the same"
+                " reward as RL without curiosity."
+            )
+        lines.append(line)
+    plain, curious = _by_arm(arms, "plain"), _by_arm(arms, "curiosity")
+    if plain and curious:
+        same = plain.series("reward") == curious.series("reward") and plain.seeds == curious.seeds
+        if same:
+            lines.append(
+                "RL with and without curiosity computed identical rewards in every phase: with the same"
+                " seeds they are the same runs."
+            )
+        (a, _), (b, _) = curious.interval("greedy"), plain.interval("greedy")
+        lines.append(
+            f"Held-out greedy accuracy: warm start {pct(warm.greedy)}%, with curiosity {pct(a)}%, without"
+            f" {pct(b)}% ({100 * (a - b):+.1f} points for curiosity)."
+        )
+    return lines
+
+
+def rl_signal(out: Path, names: Sequence[str]) -> list[str]:
+    """One line per RL run: how much it trained on, and why when it did not."""
+    lines = []
+    for name in names:
+        path = out / name / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        records = read_metrics(path)
+        trained = sum(int(r.get("train/trained_samples", 0)) for r in records)
+        uniform = sum(r.get("train/uniform_group_ratio", 0.0) for r in records) / max(len(records), 1)
+        line = (
+            f"{name}: trained on {trained} samples in {len(records)} phases; {uniform:.0%} of groups uniform"
+        )
+        if trained == 0:
+            line += (
+                " — every group's rollouts scored alike (all right or all wrong), so the group-relative"
+                " advantage was zero and this model is its warm start unchanged"
+            )
+        lines.append(line)
+    return lines
+
+
+# ---------------------------------------------------------------------------------- figure
+_PANELS = (
+    ("rapr", "RaPR (share of rollouts that zoom)"),
+    ("accuracy", "accuracy of sampled rollouts"),
+    ("accuracy_tool", "accuracy: zoomed (solid) / direct (dashed)"),
+    ("curiosity", "bonus (solid) / penalty (dashed) per rollout"),
+)
+_SECOND = {"accuracy_tool": "accuracy_direct", "curiosity": "penalty"}
+
+
+def curves_png(arms: Sequence[ArmRuns]) -> bytes | None:
+    """The learning-trap figure: per RL phase, each arm's mean over seeds and its min-max band."""
+    if not arms:
         return None
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for label, records in loaded.items():
-        steps = [r["step"] for r in records]
-        axes[0].plot(steps, [r["train/rapr"] for r in records], marker="o", label=label)
-        axes[1].plot(steps, [r["train/accuracy"] for r in records], marker="o", label=label)
-        axes[2].plot(steps, [r["train/reward"] for r in records], marker="o", label=label)
-    for axis, title in zip(
-        axes,
-        ("RaPR (share of rollouts using an operation)", "accuracy of rollouts", "mean shaped reward"),
-        strict=True,
-    ):
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("RL step")
+    figure, axes = plt.subplots(1, len(_PANELS), figsize=(16, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, arm in enumerate(arms):
+        colour = colours[k % len(colours)]
+        for axis, (key, _) in zip(axes, _PANELS, strict=True):
+            for name, style in ((key, "-"), (_SECOND.get(key), "--")):
+                if name is None:
+                    continue
+                series = arm.series(name)
+                length = min(len(run) for run in series)
+                steps = list(range(1, length + 1))
+                columns = [[run[i] for run in series if not math.isnan(run[i])] for i in range(length)]
+                mean = [sum(c) / len(c) if c else math.nan for c in columns]
+                label = f"{arm.label} (n={len(series)})" if style == "-" else None
+                axis.plot(steps, mean, style, color=colour, label=label, marker="o", markersize=3)
+                if len(series) > 1:
+                    low = [min(c) if c else math.nan for c in columns]
+                    high = [max(c) if c else math.nan for c in columns]
+                    axis.fill_between(steps, low, high, color=colour, alpha=0.15)
+    for axis, (key, title) in zip(axes, _PANELS, strict=True):
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("RL phase")
         axis.grid(alpha=0.3)
-    axes[0].set_ylim(-0.05, 1.05)
-    axes[1].set_ylim(-0.05, 1.05)
-    axes[0].legend(fontsize=8)
+        if key != "curiosity":
+            axis.set_ylim(-0.05, 1.05)
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -89,67 +385,30 @@ def curves_png(out: Path) -> bytes | None:
     return buffer.getvalue()
 
 
-def check_targets(results: Mapping[str, Any], out: Path, chance: float) -> list[tuple[str, bool | None, str]]:
-    """Each target, whether it was met, and the measured numbers (None: not measurable)."""
-    checks: list[tuple[str, bool | None, str]] = []
-    accuracy, rapr = _mean(results, "rl-curiosity", "score"), _mean(results, "rl-curiosity", "rapr")
-    checks.append((TARGETS[0], accuracy >= 0.85 and rapr >= 0.7, f"accuracy {accuracy:.2f}, RaPR {rapr:.2f}"))
-    text = _mean(results, "rl-text", "score")
-    checks.append((TARGETS[1], abs(text - chance) <= 0.15, f"accuracy {text:.2f} vs chance ≈ {chance:.2f}"))
-    plain = out / "rl-plain" / "metrics.jsonl"
-    if plain.is_file():
-        records = read_metrics(plain)
-        first, last = records[0]["train/rapr"], records[-1]["train/rapr"]
-        fell = last < first - 0.1
-        numbers = f"RaPR {first:.2f} -> {last:.2f} over {len(records)} steps"
-        if not fell and _mean(results, "sft", "score") > 2 * chance:
-            numbers += (
-                ". Not observed here: the warm start already answers through the tool far above"
-                " what direct answers score (chance), so the tool is what earns the reward and RL"
-                " without curiosity has no reason to drop it. The trap needs direct answers that"
-                " compete with nascent tool use, as a 7B model's text reasoning does in the paper"
-            )
-        checks.append((TARGETS[2], fell, numbers))
-    else:
-        checks.append((TARGETS[2], None, "no run"))
-    curious = out / "rl-curiosity" / "metrics.jsonl"
-    if curious.is_file():
-        records = read_metrics(curious)
-        first, last = records[0]["train/rapr"], records[-1]["train/rapr"]
-        checks.append((TARGETS[3], last >= 0.3, f"RaPR {first:.2f} -> {last:.2f} over {len(records)} steps"))
-    else:
-        checks.append((TARGETS[3], None, "no run"))
-    return checks
+# ---------------------------------------------------------------------------------- the page
+def _examples(out: Path, model: str, count: int = 3) -> str:
+    """A few held-out trajectories of ``model``, greedy, drawn by the viewer."""
+    from dataclasses import replace
 
-
-def _examples(out: Path, count: int = 3) -> str:
-    """A few held-out trajectories of the final curiosity model, drawn by the viewer."""
     from pixelreasoner.eval.tasks import task_for
     from pixelreasoner.models.loading import load_model
-    from pixelreasoner.rollout.backend import SamplingParams
+    from pixelreasoner.rollout.backend import GREEDY
     from pixelreasoner.rollout.engine import RolloutEngine, rollout_items
     from pixelreasoner.rollout.hf import TransformersBackend
     from pixelreasoner.viewer import render_trajectory_html
     from pixelreasoner.vision.budget import tiny
 
-    model_dir = out / "rl-curiosity" / "final"
+    model_dir = out / model / "final"
     if not model_dir.is_dir():
-        return "<p>(no curiosity model to show)</p>"
+        return f"<p>(no {html.escape(model)} model to show)</p>"
     budget = tiny()
-    model, processor = load_model(model_dir, dtype=torch.float32)
-    held = read_items(out / "tasks" / "heldout").items
-    by_family: dict[str, Any] = {}
-    for item in held:
-        by_family.setdefault(item.benchmark, item)
-    items = list(by_family.values())[:count]
+    network, processor = load_model(model_dir, dtype=torch.float32)
+    items = read_items(out / "tasks" / "heldout").items[:count]
     engine = RolloutEngine(
-        TransformersBackend(model, processor, budget),
-        budget,
-        first=SamplingParams(temperature=0.0, max_new_tokens=96),
+        TransformersBackend(network, processor, budget), budget, first=replace(GREEDY, max_new_tokens=96)
     )
-    trajectories = rollout_items(engine, items)
     sections = []
-    for trajectory, item in zip(trajectories, items, strict=True):
+    for trajectory, item in zip(rollout_items(engine, items), items, strict=True):
         correct = task_for(item).score(trajectory, item) > 0.5
         sections.append(
             render_trajectory_html(
@@ -159,103 +418,25 @@ def _examples(out: Path, count: int = 3) -> str:
     return "\n".join(sections)
 
 
-def write_report(out: str | Path, models: Mapping[str, tuple[str, str]], families: Sequence[str]) -> Path:
-    folder = Path(out)
-    results = json.loads((folder / "eval" / "results.json").read_text())
-    chance = sum(make_family(f).chance for f in families) / len(families)
-    table = results_table(results, models, families)
-    checks = check_targets(results, folder, chance)
-    png = curves_png(folder)
-    stages = {}
-    for stage in ("tasks", "traces", "sft", "sft-text", "rl-curiosity", "rl-plain", "rl-text", "eval"):
-        marker = folder / stage / "DONE.json"
-        if marker.is_file():
-            stages[stage] = json.loads(marker.read_text())
-    timing = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in stages.items())
-    verdict = "\n".join(f"- {_word(ok)}: {target} — measured {numbers}" for target, ok, numbers in checks)
-    signal = rl_signal(folder)
-    markdown = (
-        "# Pixel Reasoner quickstart report\n\n"
-        "Held-out synthetic items, greedy decoding. Scores in % (accuracy; ANLS for `read`).\n\n"
-        f"{table}\n\n## Targets\n\n{verdict}\n\n## What RL trained on\n\n"
-        + "\n".join(f"- {line}" for line in signal)
-        + f"\n\n## Stage times\n\n{timing}\n"
-    )
-    (folder / "report.md").write_text(markdown, encoding="utf-8")
-    if png:
-        (folder / "curves.png").write_bytes(png)
-    image = (
-        f'<img alt="RL curves" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else ""
-    )
-    rows = "".join(
-        f"<li class={'ok' if ok else 'bad'}><b>{_word(ok)}</b>: {html.escape(t)} — "
-        f"measured {html.escape(n)}</li>"
-        for t, ok, n in checks
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Pixel Reasoner quickstart</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}img{{max-width:100%}}</style>
-<style>{STYLESHEET}</style></head>
-<body><h1>Pixel Reasoner quickstart</h1>
-<p>Held-out synthetic items, greedy decoding. Scores in % (accuracy; ANLS for <code>read</code>).</p>
-{_markdown_table_html(table)}
-<h2>Targets</h2><ul>{rows}</ul>
-<h2>What RL trained on</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in signal)}</ul>
-<h2>RL curves</h2>{image}
-<h2>Stage times</h2><p>{html.escape(timing)}</p>
-<h2>Example trajectories (RL with curiosity)</h2>{_examples(folder)}
-</body></html>"""
-    path = folder / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
-def rl_signal(out: Path) -> list[str]:
-    """One line per RL stage: how much it trained on, and why when it did not."""
-    lines = []
-    for stage, label in (
-        ("rl-curiosity", "RL with curiosity"),
-        ("rl-plain", "RL without curiosity"),
-        ("rl-text", "text-only RL"),
-    ):
-        path = out / stage / "metrics.jsonl"
-        if not path.is_file():
-            continue
-        records = read_metrics(path)
-        trained = sum(int(r.get("train/trained_samples", 0)) for r in records)
-        uniform = sum(r.get("train/uniform_group_ratio", 0.0) for r in records) / max(len(records), 1)
-        line = (
-            f"{label}: trained on {trained} samples in {len(records)} steps; {uniform:.0%} of groups uniform"
-        )
-        if trained == 0:
-            line += (
-                " — every group's rollouts scored alike (all right or all wrong), so the group-relative"
-                " advantage was zero and this model is its warm start unchanged"
-            )
-        lines.append(line)
-    lines += _curiosity_note(out)
-    return lines
-
-
-def _curiosity_note(out: Path) -> list[str]:
-    """A line when the curiosity bonus never fired, so both tool-using RL arms had one reward."""
-    paths = [out / stage / "metrics.jsonl" for stage in ("rl-curiosity", "rl-plain")]
-    if not all(path.is_file() for path in paths):
-        return []
-    curious, plain = (read_metrics(path) for path in paths)
-    if not curious or any(r.get("train/curiosity", 0.0) != 0.0 for r in curious):
-        return []
-    same = [r.get("train/reward") for r in curious] == [r.get("train/reward") for r in plain]
-    return [
-        "The curiosity bonus was 0 in every step: no query's share of tool-using rollouts fell"
-        " below the bonus threshold, so both arms optimised the same reward"
-        + ("; with the same seed they are the same run." if same else ".")
-    ]
-
-
 def _word(ok: bool | None) -> str:
     return "met" if ok else "NOT met" if ok is not None else "not measured"
+
+
+def _setup(config: QuickstartConfig) -> str:
+    knobs = "; ".join(
+        f"{family}: " + ", ".join(f"{k}={v}" for k, v in config.knobs.get(family, {}).items())
+        for family in config.families
+    )
+    return (
+        f"Task {knobs}; {config.train_per_family} training and {config.heldout_per_family} held-out items"
+        f" per family. Warm start: {100 * config.direct:.0f}% of traces answer directly, the rest zoom once;"
+        f" {config.sft_steps} SFT steps x {config.sft_batch}. RL: {config.rl_steps} phases of"
+        f" {config.rl_queries} queries x {config.rl_group} rollouts, lr {config.rl_lr:g}; seeds"
+        f" {config.seed}..{config.seed + config.seeds - 1}. Held-out evaluation: greedy, and"
+        f" {config.probe_samples} samples per item with RL's sampling (temperature 1 then 0.9, top-p 0.95,"
+        " top-k 40), whose trajectories are split into those that zoomed and those that answered directly."
+        " Intervals are 95% Student-t intervals over seeds (none with one seed)."
+    )
 
 
 def _markdown_table_html(table: str) -> str:
@@ -264,3 +445,69 @@ def _markdown_table_html(table: str) -> str:
     head = "".join(f"<th>{c}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(out: str | Path, config: QuickstartConfig) -> Path:
+    from pixelreasoner.quickstart import rl_runs
+
+    folder = Path(out)
+    warm_summary = _load_json(folder / "eval" / "sft" / "DONE.json")
+    if warm_summary is None:
+        raise FileNotFoundError(f"{folder / 'eval' / 'sft'}: the warm start was not evaluated")
+    warm = model_scores(warm_summary)
+    arms = read_arms(folder, config)
+    table = results_table(warm, arms)
+    checks = check_targets(warm, arms)
+    lines = verdicts(warm, arms)
+    names = [name for name, _, _ in rl_runs(config)]
+    signal = rl_signal(folder, names)
+    png = curves_png(arms)
+    stages = {}
+    for stage in ("tasks", "traces", "sft", *names, "eval/sft", *(f"eval/{n}" for n in names)):
+        marker = _load_json(folder / stage / "DONE.json")
+        if marker is not None:
+            stages[stage] = marker.get("seconds", 0)
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+    setup = _setup(config)
+    targets = "\n".join(f"- {_word(c.ok)}: {c.target} — measured {c.numbers}" for c in checks)
+    markdown = (
+        "# Pixel Reasoner quickstart: the learning trap\n\n"
+        f"{setup}\n\n{table}\n\n## Targets\n\n{targets}\n\n## What happened\n\n"
+        + "\n".join(f"- {line}" for line in lines)
+        + "\n\n## What RL trained on\n\n"
+        + "\n".join(f"- {line}" for line in signal)
+        + "\n\nThe figure (`curves.png`): per RL phase, each arm's mean over seeds, with the band from"
+        " the lowest to the highest seed.\n" + f"\n## Stage times\n\n{timing}\n"
+    )
+    (folder / "report.md").write_text(markdown, encoding="utf-8")
+    image = ""
+    if png:
+        (folder / "curves.png").write_bytes(png)
+        image = f'<img alt="RL curves" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    rows = "".join(
+        f"<li class={'ok' if c.ok else 'bad'}><b>{_word(c.ok)}</b>: {html.escape(c.target)} — "
+        f"measured {html.escape(c.numbers)}</li>"
+        for c in checks
+    )
+    example_model = next(
+        (n for n, arm, _ in rl_runs(config) if arm == "curiosity"), names[0] if names else "sft"
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Pixel Reasoner quickstart</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:24px auto;padding:0 16px;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}img{{max-width:100%}}</style>
+<style>{STYLESHEET}</style></head>
+<body><h1>Pixel Reasoner quickstart: the learning trap</h1>
+<p>{html.escape(setup)}</p>
+{_markdown_table_html(table)}
+<h2>The learning trap: RL phases, both arms</h2>{image}
+<p>Each arm's mean over seeds, with the band from the lowest to the highest seed.</p>
+<h2>Targets</h2><ul>{rows}</ul>
+<h2>What happened</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in lines)}</ul>
+<h2>What RL trained on</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in signal)}</ul>
+<h2>Stage times</h2><p>{html.escape(timing)}</p>
+<h2>Example trajectories ({html.escape(example_model)}, greedy)</h2>{_examples(folder, example_model)}
+</body></html>"""
+    path = folder / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

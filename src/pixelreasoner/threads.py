@@ -18,10 +18,11 @@ from pathlib import Path
 
 OVERRIDE = "OMP_NUM_THREADS"
 # Processes started side by side by a launcher, each of which sees the count in its environment:
-# torchrun and ``accelerate launch`` (processes on this node), and pytest-xdist (test workers).
+# torchrun and ``accelerate launch`` (processes on this node), pytest-xdist (test workers), and the
+# quickstart's worker pool (RL runs side by side).
 # A process started under several (a torchrun started by a test in an xdist worker) shares the
 # cores with the product of them.
-PROCESS_COUNTS = ("LOCAL_WORLD_SIZE", "PYTEST_XDIST_WORKER_COUNT")
+PROCESS_COUNTS = ("LOCAL_WORLD_SIZE", "PYTEST_XDIST_WORKER_COUNT", "PIXELREASONER_WORKERS")
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 

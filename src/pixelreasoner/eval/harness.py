@@ -78,6 +78,23 @@ def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, Inter
     return mean, (max(0.0, mean - half), min(1.0, mean + half))
 
 
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student's t 97.5% quantiles for 1-10 degrees of freedom."""
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, Interval]:
+    """Mean and 95% interval of a few independent runs' values (seeds): Student's t, n - 1 df.
+
+    >>> mean, (low, high) = t_interval([0.5, 0.7])  # 0.6 ± 12.706 · 0.1414 / √2
+    >>> round(mean, 2), round(low, 3), round(high, 3)
+    (0.6, 0.0, 1.0)
+    >>> t_interval([0.8])
+    (0.8, None)
+    """
+    df = len(values) - 1
+    return mean_interval(values, _T975[df - 1] if 1 <= df <= len(_T975) else Z95)
+
+
 def ratio_interval(num: Sequence[float], den: Sequence[float], z: float = Z95) -> tuple[float, Interval]:
     """``R = Σnum / Σden`` over items and its delta-method interval, clipped to [0, 1].
 
@@ -121,10 +138,33 @@ class TaskReport:
     """The score of each sample index over the items that have it (spread between runs)."""
     categories: list[dict[str, Any]] = field(default_factory=list)
     """Per category (V*: attribute, spatial; see ``eval.benchmarks.category_scores``): n, score, RaPR."""
+    paths: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The score by path (:func:`path_scores`): ``tool`` (trajectories that called an operation)
+    and ``direct`` (the rest), each with its trajectory count ``n`` and mean ``score``."""
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def path_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean score of the trajectories that used an operation (``tool``) and of those that did not
+    (``direct``), each with its count; a path no trajectory took has ``n`` 0 and score NaN.
+
+    Sampled trajectories show both of a policy's paths; greedy decoding shows only the likelier
+    one. Pooled over all trajectories (not per item): the paths are taken by different items.
+
+    >>> records = [{"n_calls": 1, "score": 1.0}, {"n_calls": 0, "score": 0.0}, {"n_calls": 2, "score": 0.0}]
+    >>> path_scores(records)
+    {'tool': {'n': 2, 'score': 0.5}, 'direct': {'n': 1, 'score': 0.0}}
+    """
+    split: dict[str, list[float]] = {"tool": [], "direct": []}
+    for r in records:
+        split["tool" if int(r["n_calls"]) > 0 else "direct"].append(float(r["score"]))
+    return {
+        path: {"n": len(scores), "score": _mean(scores) if scores else float("nan")}
+        for path, scores in split.items()
+    }
 
 
 def summarize(task: EvalTask, records: Sequence[dict[str, Any]], load_problems: int = 0) -> TaskReport:
@@ -164,6 +204,7 @@ def summarize(task: EvalTask, records: Sequence[dict[str, Any]], load_problems: 
         finish=dict(Counter(str(r["finish_reason"]) for r in records)),
         load_problems=load_problems,
         sample_scores=[_mean(by_sample[k]) for k in sorted(by_sample)],
+        paths=path_scores(records),
     )
 
 

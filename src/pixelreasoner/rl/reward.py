@@ -13,6 +13,18 @@ with two forms of the bonus:
 and the efficiency penalty β · min(N − n_ops, 0) (β = 0.05, N = 1). The released code applied it
 only to rollouts with at least one call, which is the same number: min(1 − 0, 0) = 0.
 
+Beyond the paper, ``rescue`` (off by default; an ablation) adds to each tool-using rollout a
+bonus tied to the *batch's* RaPR R_B (all queries of the phase on this process):
+
+    rescue(y) = min(α · max(H − R_B, 0) · H / R_B, cap) · 1[y uses an operation]
+
+The paper's bonus pays α·(H − RaPR) per tool-using rollout, so the total it pays in a batch,
+α·(H − R_B)·R_B·|B|, vanishes as tool use does: a policy drifting to direct answers gets an
+ever smaller pull back, and a query whose RaPR is 0 gets none at all. The rescue bonus keeps
+that total at α·H·(H − R_B)·|B| (about α·H² per rollout of the batch) however rare the tool
+path gets, until the cap binds; the few tool-using rollouts that still appear carry it. It
+cannot revive a path that sampling never produces (top-p can cut it off entirely).
+
 Correctness is the task's score (0/1, or ANLS), except: a rollout whose answer has no box
 scores ``unparseable`` (paper 0, released −1), and one whose last operation failed and was
 never repaired scores 0 however right its answer (the release meant this but indexed the flag
@@ -56,6 +68,10 @@ class RewardConfig:
     """Correctness of an answer without a box (paper 0; released −1)."""
     zero_if_final_error: bool = True
     """An unrepaired failed last operation makes correctness 0 (the release's intent)."""
+    rescue: bool = False
+    """Add the batch-RaPR rescue bonus (see the module docstring; not in the paper or release)."""
+    rescue_cap: float = 1.0
+    """Largest rescue bonus of one rollout (one correct answer's worth)."""
 
     @classmethod
     def released(cls) -> RewardConfig:
@@ -121,6 +137,20 @@ def curiosity_bonus(
     return gap / scale * 0.25 / group_rapr
 
 
+def rescue_bonus(uses_operation: bool, batch_rapr: float, config: RewardConfig) -> float:
+    """min(α · max(H − R_B, 0) · H / R_B, cap) for a tool-using rollout, R_B the batch's RaPR.
+
+    >>> round(rescue_bonus(True, 0.1, RewardConfig(rescue=True)), 4)  # 0.5 * 0.2 * 0.3 / 0.1
+    0.3
+    >>> rescue_bonus(True, 0.01, RewardConfig(rescue=True))  # 0.5 * 0.29 * 30 = 4.35, capped
+    1.0
+    """
+    if not uses_operation or not config.rescue or batch_rapr <= 0:
+        return 0.0
+    gap = max(config.target_rapr - batch_rapr, 0.0)
+    return min(config.alpha * gap * config.target_rapr / batch_rapr, config.rescue_cap)
+
+
 def efficiency_penalty(n_ops: int, config: RewardConfig) -> float:
     """β · min(N − n_ops, 0): each operation beyond the N-th costs β.
 
@@ -132,13 +162,19 @@ def efficiency_penalty(n_ops: int, config: RewardConfig) -> float:
     return config.beta * min(config.free_ops - n_ops, 0)
 
 
-def group_rewards(group: Sequence[RolloutFacts], config: RewardConfig) -> list[RewardParts]:
-    """The shaped rewards of the G rollouts of one query."""
+def group_rewards(
+    group: Sequence[RolloutFacts], config: RewardConfig, batch_rapr: float | None = None
+) -> list[RewardParts]:
+    """The shaped rewards of the G rollouts of one query. ``batch_rapr`` (the phase's RaPR over
+    all its queries) feeds the rescue bonus; without it the group's own RaPR stands in. The
+    ``curiosity`` part holds the paper's (or released) bonus plus the rescue bonus."""
     group_rapr = rapr([f.n_ops > 0 for f in group])
+    batch = group_rapr if batch_rapr is None else batch_rapr
     return [
         RewardParts(
             correctness=correctness(f, config),
-            curiosity=curiosity_bonus(f.n_ops > 0, group_rapr, config, f.is_video),
+            curiosity=curiosity_bonus(f.n_ops > 0, group_rapr, config, f.is_video)
+            + rescue_bonus(f.n_ops > 0, batch, config),
             penalty=efficiency_penalty(f.n_ops, config),
         )
         for f in group

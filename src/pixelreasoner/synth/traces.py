@@ -12,7 +12,11 @@ Variants (SPEC §3), chosen per item by its own random draw:
   containing the cue, then the tight one); default mix 30/20/20/30;
 - videos: ``single`` (select the cue frames) 90%, ``reselect`` (frames outside the cue first) 10%;
 - ``text_only``: a question about the global view answered without operations (a share of all
-  traces, 25% by default, like the paper's ~2k of ~7.5k).
+  traces, 25% by default, like the paper's ~2k of ~7.5k);
+- ``direct``: the item's own question answered at once, without an operation (a share of the
+  items, 0 by default). The paper's text traces are such answers, rejection-sampled from the
+  base model; here they give the warm start a direct path that competes with zooming (the
+  learning-trap experiment, with an answer prior from the ``favour_a`` task knob).
 
 Wrong and over-large operations are turns of kind ``ERRONEOUS`` (kept as context, never
 learned); the turn that notices the mistake and redoes the operation is learned.
@@ -39,7 +43,9 @@ from pixelreasoner.vision.budget import PixelBudget
 from pixelreasoner.vision.images import ImageLoadError, load_frames, load_image
 from pixelreasoner.vision.ops import CROP_PADDING, CROP_TOOL, FRAMES_TOOL, Observation, VisualContext
 
-Variant = Literal["single", "recrop_once", "recrop_twice", "zoom_further", "reselect", "text_only", "notool"]
+Variant = Literal[
+    "single", "recrop_once", "recrop_twice", "zoom_further", "reselect", "text_only", "notool", "direct"
+]
 
 
 class Writer(Protocol):
@@ -60,6 +66,8 @@ class TraceMix:
     video_single: float = 0.9
     video_reselect: float = 0.1
     text_only: float = 0.25
+    direct: float = 0.0
+    """Share of items whose trace answers their own question directly instead of through an operation."""
 
     def __post_init__(self) -> None:
         image = self.single + self.recrop_once + self.recrop_twice + self.zoom_further
@@ -72,15 +80,24 @@ class TraceMix:
             self.video_single,
             self.video_reselect,
             self.text_only,
+            self.direct,
         )
-        if min(values) < 0 or abs(image - 1) > 1e-6 or abs(video - 1) > 1e-6 or self.text_only >= 1:
+        if (
+            min(values) < 0
+            or abs(image - 1) > 1e-6
+            or abs(video - 1) > 1e-6
+            or self.text_only >= 1
+            or self.direct > 1
+        ):
             raise ValueError(
                 f"image shares must sum to 1 (got {image:.3f}), video shares to 1 (got {video:.3f}), "
-                f"and 0 <= text_only < 1 (got {self.text_only})"
+                f"0 <= text_only < 1 (got {self.text_only}) and 0 <= direct <= 1 (got {self.direct})"
             )
 
     @classmethod
-    def single_pass(cls, self_correction: float = 0.0, text_only: float = 0.0) -> TraceMix:
+    def single_pass(
+        cls, self_correction: float = 0.0, text_only: float = 0.0, direct: float = 0.0
+    ) -> TraceMix:
         """Mostly single-pass traces: ``self_correction`` is shared evenly by the three image
         self-correction variants and video re-selection (the shares within each kind keep the
         paper's ratios). Single-pass traces are shorter and each teaches the right zoom, so small
@@ -94,6 +111,7 @@ class TraceMix:
             video_single=image,
             video_reselect=self_correction,
             text_only=text_only,
+            direct=direct,
         )
 
     def image_variant(self, rng: np.random.Generator) -> Variant:
@@ -299,8 +317,13 @@ class TraceSynthesizer:
         rng = self._rng(item, "variant")
         if variant is None:
             variant = self.mix.video_variant(rng) if item.is_video else self.mix.image_variant(rng)
+            # its own draw, so that mixes without direct traces keep their variants
+            if self.mix.direct > 0 and self._rng(item, "direct").random() < self.mix.direct:
+                variant = "direct"
         trace = self._start(item, item.question, "vcot")
-        if item.is_video:
+        if variant == "direct":
+            trace.answer("direct")
+        elif item.is_video:
             self._video(trace, variant)
         else:
             self._image(trace, variant)

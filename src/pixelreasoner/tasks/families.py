@@ -76,6 +76,17 @@ def _choices_question(stem: str, choices: list[str]) -> str:
     return f"{stem}\n{options}\n{MC_SUFFIX}"
 
 
+def _favoured(seed: int, share: float, answer: str | None) -> str | None:
+    """The answer to render: ``answer`` when given, else option A for a ``share`` of seeds.
+
+    Drawn from its own stream of the seed, so a dataset made without a prior (``share`` 0) is
+    unchanged by the knob's existence.
+    """
+    if answer is not None or share <= 0:
+        return answer
+    return "A" if np.random.default_rng([seed, 0xFA]).random() < share else None
+
+
 def _pick_target(rng: np.random.Generator, grid: int) -> tuple[int, int]:
     row, col = rng.integers(grid, size=2)
     return int(row), int(col)
@@ -145,9 +156,15 @@ class Needle(_OnLattice):
     contrast: float = 0.5
     fade: int = 8
     where: Where = "marker+text"
+    favour_a: float = 0.0
+    """Share of items whose answer is forced to option A (0: uniform answers). An answer prior,
+    like real benchmarks have: answering without looking then beats chance (A is right on
+    ``favour_a + (1 - favour_a) / len(patterns)`` of the items), which gives a warm start direct
+    competence to fall back to (the learning-trap experiment)."""
     name: str = "needle"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
+        answer = _favoured(seed, self.favour_a, answer)
         rng = np.random.default_rng(seed)
         g = self.lattice.grid
         row, col = _pick_target(rng, g)
@@ -397,9 +414,15 @@ class Frames:
     contrast: float = 0.5
     fade: int = 8
     where: Where = "marker+text"
+    favour_a: float = 0.0
+    """Share of items whose answer is forced to option A (0: uniform answers). An answer prior,
+    like real benchmarks have: answering without looking then beats chance (A is right on
+    ``favour_a + (1 - favour_a) / len(patterns)`` of the items), which gives a warm start direct
+    competence to fall back to (the learning-trap experiment)."""
     name: str = "frames"
 
     def sample(self, seed: int, answer: str | None = None) -> Sample:
+        answer = _favoured(seed, self.favour_a, answer)
         rng = np.random.default_rng(seed)
         marked = int(rng.integers(self.n_frames))
         kinds = rng.integers(len(self.patterns), size=self.n_frames)

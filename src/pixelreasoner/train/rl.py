@@ -333,6 +333,12 @@ def train_rl(config: RLConfig) -> RLResult:
             "penalty": sum(p.penalty for p in parts_all),
             "accuracy": sum(p.correctness > 0 for p in parts_all),
             "rapr": sum(t.uses_tools for t in scored),
+            "correct_tool": sum(
+                p.correctness > 0 for p, t in zip(parts_all, scored, strict=True) if t.uses_tools
+            ),
+            "correct_direct": sum(
+                p.correctness > 0 for p, t in zip(parts_all, scored, strict=True) if not t.uses_tools
+            ),
             "ops": sum(t.n_calls for t in scored),
             "failed_ops": sum(t.n_failed for t in scored),
             "turns": sum(t.n_turns for t in scored),
@@ -359,6 +365,13 @@ def train_rl(config: RLConfig) -> RLResult:
             "response_tokens",
         ):
             metrics[key] = summed[key] / rollouts
+        # accuracy by path: of the rollouts that called an operation, and of those that did not
+        # (absent in a phase where no rollout took that path)
+        tool_rollouts = summed["rapr"]
+        if tool_rollouts:
+            metrics["accuracy_tool"] = summed["correct_tool"] / tool_rollouts
+        if summed["rollouts"] - tool_rollouts:
+            metrics["accuracy_direct"] = summed["correct_direct"] / (summed["rollouts"] - tool_rollouts)
         metrics["tool_error_rate"] = summed["failed_ops"] / max(summed["ops"], 1)
         metrics["uniform_group_ratio"] = summed["uniform_groups"] / max(summed["groups"], 1)
         for key in ("trained_samples", "bad_inputs", "replay_samples"):

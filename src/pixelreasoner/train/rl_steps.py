@@ -34,7 +34,7 @@ from pixelreasoner.rl.algorithm import (
     ppo_token_loss,
     token_entropy,
 )
-from pixelreasoner.rl.reward import RewardConfig, RewardParts, RolloutFacts, group_rewards
+from pixelreasoner.rl.reward import RewardConfig, RewardParts, RolloutFacts, group_rewards, rapr
 from pixelreasoner.train.common import lockstep_chunks
 from pixelreasoner.train.dist import sum_across
 from pixelreasoner.train.tokens import selected_logits
@@ -123,12 +123,14 @@ def score_groups(
     is ``none``. A query whose input could not be loaded (every rollout ``bad_input``) is reported
     in ``bad_inputs`` and left out of the rewards, the metrics and the batch."""
     scores = GroupScores()
-    for q, item in enumerate(items):
-        group = list(trajectories[q * group_size : (q + 1) * group_size])
+    groups = [list(trajectories[q * group_size : (q + 1) * group_size]) for q in range(len(items))]
+    usable = [t for g in groups if not all(t.finish_reason == "bad_input" for t in g) for t in g]
+    batch_rapr = rapr([t.uses_tools for t in usable])  # the rescue bonus's R_B
+    for item, group in zip(items, groups, strict=True):
         if all(t.finish_reason == "bad_input" for t in group):
             scores.bad_inputs.append(f"{item.qid}: {group[0].error}")
             continue
-        parts = group_rewards([rollout_facts(t, item) for t in group], reward)
+        parts = group_rewards([rollout_facts(t, item) for t in group], reward, batch_rapr)
         scores.groups += 1
         scores.parts += parts
         scores.trajectories += group
