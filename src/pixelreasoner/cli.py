@@ -194,7 +194,8 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=[],
         metavar="VARIANT=SHARE",
         help="variant shares: single, recrop_once, recrop_twice, zoom_further (sum 1), "
-        "video_single, video_reselect (sum 1); default 0.3/0.2/0.2/0.3 and 0.9/0.1",
+        "video_single, video_reselect (sum 1); default 0.3/0.2/0.2/0.3 and 0.9/0.1; direct=S answers "
+        "a share S of the items at once, without an operation (default 0)",
     )
     p.add_argument("--text-only", type=float, default=0.25, help="share of text-only traces (default: 0.25)")
     p.add_argument("--budget", default="tiny", help="pixel budget preset (default: tiny)")

@@ -79,7 +79,7 @@ class QuickstartConfig:
     train_per_family: int = 600
     heldout_per_family: int = 96
     preset: str = "tiny-1m"
-    sft_steps: int = 300
+    sft_steps: int = 100
     sft_batch: int = 32
     sft_grad_accum: int = 4
     """Micro-batches per SFT step, grouped by length (less padding; same update)."""
@@ -88,7 +88,7 @@ class QuickstartConfig:
     rl_queries: int = 16
     rl_group: int = 8
     rl_batch: int = 64
-    rl_lr: float = 5e-4
+    rl_lr: float = 1e-4
     max_turn_tokens: int = 96
     probe_samples: int = 8
     """Samples per held-out item when measuring accuracy by path."""
