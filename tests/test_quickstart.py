@@ -94,7 +94,7 @@ def test_targets_not_met_and_why() -> None:
     assert check_targets(warm, [curious])[0].ok is None  # no plain arm: not measured
     lines = verdicts(warm, [curious, plain])
     assert "Direct minus zoomed: +10.0 points; the paper's premise holds" in lines[0]
-    assert "no query's RaPR fell below the threshold H" in lines[1]
+    assert "the same reward as RL without curiosity" in lines[1]
     assert "it rose" in lines[1]
     assert any("they are the same runs" in line for line in lines)
     assert "(+2.0 points for curiosity)" in lines[-1]
@@ -116,3 +116,16 @@ def test_rl_signal_says_when_a_run_trained_on_nothing(tmp_path: Path) -> None:
     (line,) = rl_signal(tmp_path, ["rl-plain-s0", "rl-missing"])
     assert line.startswith("rl-plain-s0: trained on 0 samples in 2 phases; 100% of groups uniform")
     assert "warm start unchanged" in line
+
+
+def test_verdicts_name_a_total_collapse() -> None:
+    """When no rollout zooms the paper's bonus has nobody to pay: the text must say so, not that
+    tool use never fell below the threshold."""
+    collapsed = _arm("curiosity", [[0.5, 0.0, 0.0], [0.5, 0.1, 0.0, 0.2]], [0.7, 0.7])
+    for run in collapsed.phases:
+        for row in run:
+            row["train/curiosity"] = 0.0
+    (line,) = verdicts(_scores(0.7), [collapsed])[1:]
+    assert "once no rollout zoomed there was nobody to pay" in line
+    assert "No rollout zoomed at all from phase 2, phase 3 in 2 of 2 seeds (total collapse)" in line
+    assert "came back above 0.1 afterwards in 1 of them" in line

@@ -293,12 +293,22 @@ def verdicts(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[str]:
             f" phases, zoomed rollouts were right {pct(tool_end)}% and direct ones {pct(direct_end)}%."
         )
         if arm.arm != "plain":
-            line += f" The bonus was paid in {fired} of {phases} phases" + (
-                f" (mean {_mean([v for run in bonus for v in run]):.3f} per rollout)."
-                if fired
-                else ": no query's RaPR fell below the threshold H, so this arm optimised the same"
-                " reward as RL without curiosity."
-            )
+            if fired:
+                line += (
+                    f" The bonus was paid in {fired} of {phases} phases"
+                    f" (mean {_mean([v for run in bonus for v in run]):.3f} per rollout)."
+                )
+            else:
+                line += (
+                    " The bonus was never paid: in every group either at least H of the rollouts zoomed"
+                    " or none did (the paper's bonus pays only the zooming rollouts of groups below H)"
+                    + (
+                        "; once no rollout zoomed there was nobody to pay."
+                        if lowest == 0
+                        else ", so this arm optimised the same reward as RL without curiosity."
+                    )
+                )
+        line += _collapse(rapr)
         lines.append(line)
     plain, curious = _by_arm(arms, "plain"), _by_arm(arms, "curiosity")
     if plain and curious:
@@ -314,6 +324,19 @@ def verdicts(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[str]:
             f" {pct(b)}% ({100 * (a - b):+.1f} points for curiosity)."
         )
     return lines
+
+
+def _collapse(rapr: list[list[float]]) -> str:
+    """A sentence on total collapse: phases in which no rollout zoomed, and whether zooming came back."""
+    collapsed = [(k, run.index(0.0)) for k, run in enumerate(rapr) if 0.0 in run]
+    if not collapsed:
+        return ""
+    back = [k for k, at in collapsed if max(rapr[k][at:]) > TRAP_RAPR]
+    where = ", ".join(f"phase {at + 1}" for _, at in collapsed)
+    return (
+        f" No rollout zoomed at all from {where} in {len(collapsed)} of {len(rapr)} seeds (total collapse);"
+        f" RaPR came back above {TRAP_RAPR} afterwards in {len(back)} of them."
+    )
 
 
 def rl_signal(out: Path, names: Sequence[str]) -> list[str]:
