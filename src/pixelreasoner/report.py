@@ -58,7 +58,8 @@ class ModelScores:
     sampled: float
     sampled_rapr: float
     tool: float
-    """Sampled accuracy of the trajectories that called an operation (NaN: none did)."""
+    """What the sampled trajectories that called an operation earned (NaN: none did): their
+    accuracy under RL's reward, which counts an answer after an unrepaired failed operation as 0."""
     tool_n: int
     direct: float
     direct_n: int
@@ -75,7 +76,7 @@ def model_scores(summary: Mapping[str, Any]) -> ModelScores:
         reports = [r for r in summary["sampled"].values() if r["n"]]
         n = sum(int(r["paths"][name]["n"]) for r in reports)
         correct = sum(
-            float(r["paths"][name]["score"]) * int(r["paths"][name]["n"])
+            float(r["paths"][name]["earned"]) * int(r["paths"][name]["n"])
             for r in reports
             if r["paths"][name]["n"]
         )
@@ -148,7 +149,7 @@ def results_table(warm: ModelScores, arms: Sequence[ArmRuns]) -> str:
     """Held-out accuracy per model; RL arms as the mean over seeds with a 95% t-interval."""
     head = (
         "| model | seeds | greedy accuracy | greedy RaPR | sampled accuracy | sampled RaPR "
-        "| zoomed: accuracy (share) | direct: accuracy (share) |"
+        "| zoomed: earned (share) | direct: earned (share) |"
     )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
 
@@ -267,9 +268,10 @@ def verdicts(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[str]:
         else:
             premise = "neither path pays more"
         lines.append(
-            f"Warm start (sampled, held-out): zoomed {pct(warm.tool)}% right on {warm.tool_n} trajectories,"
-            f" direct {pct(warm.direct)}% on {warm.direct_n}; RaPR {pct(warm.sampled_rapr)}%. Direct minus"
-            f" zoomed: {100 * gap:+.1f} points; {premise}."
+            f"Warm start (sampled, held-out): zooming earned {pct(warm.tool)}% on {warm.tool_n} trajectories,"
+            f" answering directly {pct(warm.direct)}% on {warm.direct_n} (earned: right, and no failed"
+            f" operation left unrepaired, as RL's reward counts it); RaPR {pct(warm.sampled_rapr)}%."
+            f" Direct minus zoomed: {100 * gap:+.1f} points; {premise}."
         )
     for arm in arms:
         rapr = arm.series("rapr")

@@ -140,7 +140,8 @@ class TaskReport:
     """Per category (V*: attribute, spatial; see ``eval.benchmarks.category_scores``): n, score, RaPR."""
     paths: dict[str, dict[str, float]] = field(default_factory=dict)
     """The score by path (:func:`path_scores`): ``tool`` (trajectories that called an operation)
-    and ``direct`` (the rest), each with its trajectory count ``n`` and mean ``score``."""
+    and ``direct`` (the rest), each with its trajectory count ``n``, mean ``score`` and mean
+    ``earned`` (the reward's correctness: 0 after an unrepaired failed operation)."""
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -149,21 +150,31 @@ def _mean(values: Sequence[float]) -> float:
 
 def path_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean score of the trajectories that used an operation (``tool``) and of those that did not
-    (``direct``), each with its count; a path no trajectory took has ``n`` 0 and score NaN.
+    (``direct``), each with its count and its ``earned`` mean: the score RL's reward would give,
+    0 for a trajectory whose last operation failed and was never repaired. A path no trajectory
+    took has ``n`` 0 and NaN means.
 
     Sampled trajectories show both of a policy's paths; greedy decoding shows only the likelier
     one. Pooled over all trajectories (not per item): the paths are taken by different items.
 
     >>> records = [{"n_calls": 1, "score": 1.0}, {"n_calls": 0, "score": 0.0}, {"n_calls": 2, "score": 0.0}]
-    >>> path_scores(records)
-    {'tool': {'n': 2, 'score': 0.5}, 'direct': {'n': 1, 'score': 0.0}}
+    >>> records.append({"n_calls": 1, "score": 1.0, "final_error": True})
+    >>> path_scores(records)["tool"]
+    {'n': 3, 'score': 0.6666666666666666, 'earned': 0.3333333333333333}
     """
-    split: dict[str, list[float]] = {"tool": [], "direct": []}
+    split: dict[str, list[tuple[float, float]]] = {"tool": [], "direct": []}
     for r in records:
-        split["tool" if int(r["n_calls"]) > 0 else "direct"].append(float(r["score"]))
+        score = float(r["score"])
+        earned = 0.0 if r.get("final_error") else score
+        split["tool" if int(r["n_calls"]) > 0 else "direct"].append((score, earned))
+    nan = float("nan")
     return {
-        path: {"n": len(scores), "score": _mean(scores) if scores else float("nan")}
-        for path, scores in split.items()
+        path: {
+            "n": len(pairs),
+            "score": _mean([p[0] for p in pairs]) if pairs else nan,
+            "earned": _mean([p[1] for p in pairs]) if pairs else nan,
+        }
+        for path, pairs in split.items()
     }
 
 
