@@ -250,3 +250,13 @@ def _trajectory(n_calls: int, answer: str):  # type: ignore[no-untyped-def]
     conversation = Conversation.from_question("Which?")
     conversation.add_model_turn(f"The answer is \\boxed{{{answer}}}.")
     return Trajectory(conversation, n_calls=n_calls)
+
+
+def test_rescue_bonus_is_not_paid_for_a_call_left_failed() -> None:
+    """The paper's bonus pays any tool-using rollout; the rescue bonus only one whose operation worked."""
+    broken = RolloutFacts(0.0, True, n_ops=1, final_error=True)
+    group = [broken, RolloutFacts(1.0, True, n_ops=1)] + [RolloutFacts(1.0, True)] * 6
+    parts = group_rewards(group, RewardConfig(rescue=True), batch_rapr=0.125)
+    paper = 0.5 * (0.3 - 0.25)
+    assert parts[0].curiosity == pytest.approx(paper)
+    assert parts[1].curiosity == pytest.approx(paper + 0.21)

@@ -13,17 +13,21 @@ with two forms of the bonus:
 and the efficiency penalty β · min(N − n_ops, 0) (β = 0.05, N = 1). The released code applied it
 only to rollouts with at least one call, which is the same number: min(1 − 0, 0) = 0.
 
-Beyond the paper, ``rescue`` (off by default; an ablation) adds to each tool-using rollout a
-bonus tied to the *batch's* RaPR R_B (all queries of the phase on this process):
+Beyond the paper, ``rescue`` (off by default; an ablation) adds to each tool-using rollout whose
+operations worked a bonus tied to the *batch's* RaPR R_B (all queries of the phase on this
+process):
 
-    rescue(y) = min(α · max(H − R_B, 0) · H / R_B, cap) · 1[y uses an operation]
+    rescue(y) = min(α · max(H − R_B, 0) · H / R_B, cap) · 1[y uses an operation, none left failed]
 
 The paper's bonus pays α·(H − RaPR) per tool-using rollout, so the total it pays in a batch,
 α·(H − R_B)·R_B·|B|, vanishes as tool use does: a policy drifting to direct answers gets an
 ever smaller pull back, and a query whose RaPR is 0 gets none at all. The rescue bonus keeps
 that total at α·H·(H − R_B)·|B| (about α·H² per rollout of the batch) however rare the tool
-path gets, until the cap binds; the few tool-using rollouts that still appear carry it. It
-cannot revive a path that sampling never produces (top-p can cut it off entirely).
+path gets, until the cap binds; the few tool-using rollouts that still appear carry it. A
+rollout whose last operation failed and was never repaired gets none: a first version paid it
+too, and with the cap at one right answer's worth it paid broken calls as much as right answers
+(bench/RESULTS.md). It cannot revive a path that sampling never produces (top-p can cut it off
+entirely).
 
 Correctness is the task's score (0/1, or ANLS), except: a rollout whose answer has no box
 scores ``unparseable`` (paper 0, released −1), and one whose last operation failed and was
@@ -138,7 +142,8 @@ def curiosity_bonus(
 
 
 def rescue_bonus(uses_operation: bool, batch_rapr: float, config: RewardConfig) -> float:
-    """min(α · max(H − R_B, 0) · H / R_B, cap) for a tool-using rollout, R_B the batch's RaPR.
+    """min(α · max(H − R_B, 0) · H / R_B, cap) for a tool-using rollout, R_B the batch's RaPR
+    (:func:`group_rewards` passes ``uses_operation`` False for a rollout left with a failed one).
 
     >>> round(rescue_bonus(True, 0.1, RewardConfig(rescue=True)), 4)  # 0.5 * 0.2 * 0.3 / 0.1
     0.3
@@ -174,7 +179,7 @@ def group_rewards(
         RewardParts(
             correctness=correctness(f, config),
             curiosity=curiosity_bonus(f.n_ops > 0, group_rapr, config, f.is_video)
-            + rescue_bonus(f.n_ops > 0, batch, config),
+            + rescue_bonus(f.n_ops > 0 and not f.final_error, batch, config),
             penalty=efficiency_penalty(f.n_ops, config),
         )
         for f in group
