@@ -94,6 +94,7 @@ def test_targets_not_met_and_why() -> None:
     assert check_targets(warm, [curious])[0].ok is None  # no plain arm: not measured
     lines = verdicts(warm, [curious, plain])
     assert "Direct minus zoomed: +10.0 points; the paper's premise holds" in lines[0]
+    assert "by less than the most the paper's bonus pays a zooming rollout (α·H = 15 points)" in lines[0]
     assert "the same reward as RL without curiosity" in lines[1]
     assert "it rose" in lines[1]
     assert any("they are the same runs" in line for line in lines)

@@ -30,6 +30,7 @@ import torch
 
 from pixelreasoner.data.formats import read_items
 from pixelreasoner.eval.harness import Interval, t_interval
+from pixelreasoner.rl.reward import RewardConfig
 from pixelreasoner.train.metrics import read_metrics
 from pixelreasoner.viewer import STYLESHEET
 
@@ -44,6 +45,8 @@ MARGIN = 0.10
 """The curiosity arm's held-out accuracy must beat the other arm's by this much."""
 GAIN = 0.20
 """RL must improve on its warm start's held-out accuracy by this much."""
+PAPER = RewardConfig()
+"""The paper's bonus constants (α, H), for the verdicts."""
 FEW = 20
 """Fewer sampled trajectories than this on a path: too few to compare the paths."""
 
@@ -257,8 +260,16 @@ def verdicts(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[str]:
         if min(warm.tool_n, warm.direct_n) < FEW:
             premise = f"one path has fewer than {FEW} trajectories, too few to say which pays more"
         elif gap > 0:
+            ceiling = PAPER.alpha * PAPER.target_rapr
             premise = (
                 "the paper's premise holds: answering directly pays more than the nascent pixel-space skill"
+                + (
+                    f", by more than the most the paper's bonus pays a zooming rollout (α·H ="
+                    f" {100 * ceiling:.0f} points), so the bonus alone cannot make zooming pay"
+                    if gap > ceiling
+                    else f", by less than the most the paper's bonus pays a zooming rollout (α·H ="
+                    f" {100 * ceiling:.0f} points)"
+                )
             )
         elif gap < 0:
             premise = (
