@@ -538,3 +538,24 @@ def test_eval_command_over_http_records_url_and_no_hash(tmp_path: Path) -> None:
     assert sorted((json.loads(x)["qid"], json.loads(x)["sample"]) for x in lines) == [
         (f"needle-{i:06d}", k) for i in range(2) for k in (0, 1)
     ]
+
+
+def test_scores_by_path_split_sampled_trajectories() -> None:
+    """Two items, two samples each: one zoomed right, one zoomed but its call failed and was left
+    failed (right answer, earns 0), two answered directly (one right)."""
+    from pixelreasoner.eval.harness import format_path_table
+
+    records = [
+        _rec("a", 0, 1.0, 1, 0),
+        {**_rec("a", 1, 1.0, 1, 1), "final_error": True},
+        _rec("b", 0, 1.0, 0, 0),
+        _rec("b", 1, 0.0, 0, 0),
+    ]
+    report = summarize(get_task("needle"), records)
+    assert report.paths == {
+        "tool": {"n": 2, "score": 1.0, "earned": 0.5},
+        "direct": {"n": 2, "score": 0.5, "earned": 0.5},
+    }
+    assert "| needle | 2 | 100.0 | 50.0 | 2 | 50.0 | 50.0 |" in format_path_table([report])
+    only_direct = summarize(get_task("needle"), records[2:])
+    assert "| needle | 0 | - | - | 2 | 50.0 | 50.0 |" in format_path_table([only_direct])

@@ -360,6 +360,32 @@ def format_table(reports: Sequence[TaskReport]) -> str:
     return "\n".join(lines)
 
 
+def format_path_table(reports: Sequence[TaskReport]) -> str:
+    """The score by path (:func:`path_scores`): trajectories that zoomed and those that answered
+    directly, each with its count, score and what RL's reward would pay (``earned``)."""
+    lines = [
+        "| task | zoomed: trajectories | score | earned | direct: trajectories | score | earned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        cells = []
+        for path in ("tool", "direct"):
+            numbers = r.paths.get(path, {"n": 0})
+            n = int(numbers["n"])
+            cells += [str(n)] + (
+                [f"{100 * numbers['score']:.1f}", f"{100 * numbers['earned']:.1f}"] if n else ["-", "-"]
+            )
+        lines.append(f"| {r.task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PATH_NOTE = (
+    "By path: trajectories that called an operation and those that answered directly. Sampled runs "
+    "(--samples K --temperature 1.0) show both of a policy's paths; greedy decoding shows only the "
+    "likelier. Earned: the score RL's reward would give (0 after a failed operation left unrepaired)."
+)
+
+
 INTERVAL_NOTE = (
     "Brackets: 95% intervals over items (normal approximation on per-item means; delta method for "
     "the tool-error ratio). With several samples per item they include the sampling noise."
@@ -378,7 +404,7 @@ def write_summary(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     parts = [describe(record)] if record is not None else []
-    parts += [format_table(reports), INTERVAL_NOTE]
+    parts += [format_table(reports), INTERVAL_NOTE, format_path_table(reports), PATH_NOTE]
     for r in reports:
         if r.categories:
             scores = [CategoryScore(**c) for c in r.categories]
