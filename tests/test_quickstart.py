@@ -130,3 +130,18 @@ def test_verdicts_name_a_total_collapse() -> None:
     assert "once no rollout zoomed there was nobody to pay" in line
     assert "No rollout zoomed at all from phase 2, phase 3 in 2 of 2 seeds (total collapse)" in line
     assert "came back above 0.1 afterwards in 1 of them" in line
+
+
+def test_family_table_shows_each_familys_paths() -> None:
+    from pixelreasoner.report import family_table
+
+    def report(tool: tuple[int, float], direct: tuple[int, float], rapr: float) -> dict[str, object]:
+        paths = {"tool": {"n": tool[0], "earned": tool[1]}, "direct": {"n": direct[0], "earned": direct[1]}}
+        return {"paths": paths, "rapr": rapr}
+
+    summary = {
+        "sampled": {"needle": report((30, 0.4), (20, 0.5), 0.6), "frames": report((0, 0.0), (8, 0.25), 0.0)}
+    }
+    table = family_table(summary)
+    assert "| needle | 40.0 (30) | 50.0 (20) | 60.0% |" in table
+    assert "| frames | n/a (0) | 25.0 (8) | 0.0% |" in table

@@ -181,6 +181,21 @@ def results_table(warm: ModelScores, arms: Sequence[ArmRuns]) -> str:
     return "\n".join(lines)
 
 
+def family_table(summary: Mapping[str, Any]) -> str:
+    """The warm start's probe per family: what each path earned, sampled, and the RaPR."""
+    lines = [
+        "| family | zoomed: earned (trajectories) | direct: earned (trajectories) | sampled RaPR |",
+        "|---|---|---|---|",
+    ]
+    for family, report in summary["sampled"].items():
+        cells = []
+        for path in ("tool", "direct"):
+            numbers = report["paths"][path]
+            cells.append(f"{pct(numbers['earned'] if numbers['n'] else math.nan)} ({numbers['n']})")
+        lines.append(f"| {family} | {cells[0]} | {cells[1]} | {pct(report['rapr'])}% |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------- targets
 @dataclass(frozen=True)
 class Check:
@@ -493,6 +508,7 @@ def write_report(out: str | Path, config: QuickstartConfig) -> Path:
     warm = model_scores(warm_summary)
     arms = read_arms(folder, config)
     table = results_table(warm, arms)
+    families = family_table(warm_summary)
     checks = check_targets(warm, arms)
     lines = verdicts(warm, arms)
     names = [name for name, _, _ in rl_runs(config)]
@@ -508,7 +524,8 @@ def write_report(out: str | Path, config: QuickstartConfig) -> Path:
     targets = "\n".join(f"- {_word(c.ok)}: {c.target} — measured {c.numbers}" for c in checks)
     markdown = (
         "# Pixel Reasoner quickstart: the learning trap\n\n"
-        f"{setup}\n\n{table}\n\n## Targets\n\n{targets}\n\n## What happened\n\n"
+        f"{setup}\n\n{table}\n\nThe warm start by family (sampled, held-out):\n\n{families}\n\n"
+        f"## Targets\n\n{targets}\n\n## What happened\n\n"
         + "\n".join(f"- {line}" for line in lines)
         + "\n\n## What RL trained on\n\n"
         + "\n".join(f"- {line}" for line in signal)
@@ -536,6 +553,7 @@ td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}im
 <body><h1>Pixel Reasoner quickstart: the learning trap</h1>
 <p>{html.escape(setup)}</p>
 {_markdown_table_html(table)}
+<p>The warm start by family (sampled, held-out):</p>{_markdown_table_html(families)}
 <h2>The learning trap: RL phases, both arms</h2>{image}
 <p>Each arm's mean over seeds, with the band from the lowest to the highest seed.</p>
 <h2>Targets</h2><ul>{rows}</ul>
