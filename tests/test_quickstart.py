@@ -101,6 +101,16 @@ def test_targets_not_met_and_why() -> None:
     assert "(+2.0 points for curiosity)" in lines[-1]
 
 
+def test_verdicts_say_when_the_paths_drifted_apart_beyond_the_bonus() -> None:
+    runs = [
+        [{"train/rapr": r, "train/accuracy_tool": 0.4, "train/accuracy_direct": 0.8} for r in (0.5, 0.3, 0.1)]
+    ]
+    arm = ArmRuns("plain", "RL without curiosity", False, [0], runs, [_scores(0.7)])
+    line = verdicts(_scores(0.7), [arm])[1]
+    assert "it fell" in line and "zoomed rollouts were right 40.0% and direct ones 80.0%" in line
+    assert "Direct answers out-earned zooms by 40 points at the end, more than the most" in line
+
+
 def test_warm_start_verdicts_follow_the_gap() -> None:
     assert "does not hold" in verdicts(_scores(0.5, tool=0.7, direct=0.5), [])[0]
     assert "neither path pays more" in verdicts(_scores(0.5, tool=0.5, direct=0.5), [])[0]

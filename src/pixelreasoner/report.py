@@ -336,6 +336,13 @@ def verdicts(warm: ModelScores, arms: Sequence[ArmRuns]) -> list[str]:
                         else ", so this arm optimised the same reward as RL without curiosity."
                     )
                 )
+        gap_end = direct_end - tool_end
+        ceiling = PAPER.alpha * PAPER.target_rapr
+        if last < first - 0.1 and gap_end > ceiling:
+            line += (
+                f" Direct answers out-earned zooms by {100 * gap_end:.0f} points at the end, more than the"
+                f" most the paper's bonus pays a zooming rollout ({100 * ceiling:.0f})."
+            )
         line += _collapse(rapr)
         lines.append(line)
     plain, curious = _by_arm(arms, "plain"), _by_arm(arms, "curiosity")
