@@ -155,3 +155,21 @@ def test_family_table_shows_each_familys_paths() -> None:
     table = family_table(summary)
     assert "| needle | 40.0 (30) | 50.0 (20) | 60.0% |" in table
     assert "| frames | n/a (0) | 25.0 (8) | 0.0% |" in table
+
+
+def test_progress_lines_follow_the_rl_runs_phases(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from pixelreasoner.quickstart import Quickstart
+
+    quickstart = Quickstart(tmp_path, QuickstartConfig(rl_steps=15), progress=False)
+    run = tmp_path / "rl-plain-s0"
+    run.mkdir()
+    row = {"step": 3, "train/rapr": 0.25, "train/accuracy": 0.5}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    shown: dict[str, str] = {}
+    quickstart._print_progress(["rl-plain-s0", "rl-curiosity-s0"], shown)
+    quickstart._print_progress(["rl-plain-s0"], shown)  # nothing moved: no second line
+    assert capsys.readouterr().out == "[quickstart] rl-plain-s0: phase 3/15, RaPR 0.25, accuracy 0.50\n"
+    (run / "DONE.json").write_text("{}")
+    (run / "metrics.jsonl").write_text(json.dumps({**row, "step": 4}) + "\n")
+    quickstart._print_progress(["rl-plain-s0"], shown)  # finished runs are the stage lines' business
+    assert capsys.readouterr().out == ""

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -135,6 +135,9 @@ ARMS: dict[str, Arm] = {
 }
 """The RL arms: the paper's bonus and penalty (α 0.5, H 0.3, β 0.05), the same without the
 bonus, and the paper's plus the batch-RaPR rescue bonus (:func:`pixelreasoner.rl.reward.rescue_bonus`)."""
+
+PROGRESS_SECONDS = 20.0
+"""How often the main process reports the RL runs' phases while workers run them."""
 
 WORKERS_VARIABLE = "PIXELREASONER_WORKERS"
 """Set in the quickstart's worker processes: how many share the cores (see :mod:`pixelreasoner.threads`)."""
@@ -324,8 +327,36 @@ class Quickstart:
             c.workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(c.workers,)
         ) as pool:
             futures = [pool.submit(_job, self.out, c, self.force, *job) for job in jobs]
+            shown: dict[str, str] = {}
+            while True:
+                _, pending = wait(futures, timeout=PROGRESS_SECONDS, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.done() and f.exception() for f in futures):
+                    break
+                self._print_progress([name for kind, name, _, _ in jobs if kind == "rl"], shown)
             for future in futures:
                 future.result()  # re-raises a job's error here
+
+    def _print_progress(self, names: Sequence[str], shown: dict[str, str]) -> None:
+        """One line per RL run whose phase count moved since the last line (the workers' own output
+        is only the stage lines)."""
+        for name in names:
+            path = self.out / name / "metrics.jsonl"
+            if not path.is_file() or (self.out / name / "DONE.json").is_file():
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                last = json.loads(lines[-1]) if lines else None
+            except json.JSONDecodeError:  # a line being written
+                continue
+            if last is None:
+                continue
+            line = (
+                f"[quickstart] {name}: phase {int(last['step'])}/{self.config.rl_steps}, "
+                f"RaPR {last['train/rapr']:.2f}, accuracy {last['train/accuracy']:.2f}"
+            )
+            if shown.get(name) != line:
+                shown[name] = line
+                print(line, flush=True)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
