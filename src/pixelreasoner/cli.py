@@ -732,9 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
         "zooms, synthesize the warm-start traces, SFT the tiny model, run RL from it with the paper's "
         "curiosity bonus and without it, evaluate every model on held-out items (greedy and sampled, split "
         "by path) and write report.html / report.md with the learning-trap figure, the table and the "
-        "targets. Offline. One seed per arm: about 20 minutes on 2 cores; --seeds 3 runs the full claim; "
-        "--fast is a smoke version (a few minutes). Stages already done are skipped (a run with more seeds "
-        "reuses the first seeds' runs); a killed run continues where it stopped.",
+        "targets. Offline. One seed per arm: about 13 minutes on 2 cores; --seeds 3 runs the full claim "
+        "(about 45 minutes); --fast is a smoke version (a minute). Stages already done are skipped (more "
+        "seeds reuse the first seeds' runs); a killed run continues where it stopped.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--fast", action="store_true", help="small smoke version (what CI runs)")
