@@ -444,7 +444,7 @@ def curves_png(arms: Sequence[ArmRuns]) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------- the page
-def _examples(out: Path, model: str, count: int = 3) -> str:
+def _examples(out: Path, model: str, max_new_tokens: int, count: int = 3) -> str:
     """A few held-out trajectories of ``model``, greedy, drawn by the viewer."""
     from dataclasses import replace
 
@@ -463,7 +463,9 @@ def _examples(out: Path, model: str, count: int = 3) -> str:
     network, processor = load_model(model_dir, dtype=torch.float32)
     items = read_items(out / "tasks" / "heldout").items[:count]
     engine = RolloutEngine(
-        TransformersBackend(network, processor, budget), budget, first=replace(GREEDY, max_new_tokens=96)
+        TransformersBackend(network, processor, budget),
+        budget,
+        first=replace(GREEDY, max_new_tokens=max_new_tokens),
     )
     sections = []
     for trajectory, item in zip(rollout_items(engine, items), items, strict=True):
@@ -552,6 +554,7 @@ def write_report(out: str | Path, config: QuickstartConfig) -> Path:
     example_model = next(
         (n for n, arm, _ in rl_runs(config) if arm == "curiosity"), names[0] if names else "sft"
     )
+    examples = _examples(folder, example_model, config.max_turn_tokens)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Pixel Reasoner quickstart</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:24px auto;padding:0 16px;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
@@ -567,7 +570,7 @@ td:first-child{{text-align:left}}li.ok{{color:#176a1d}}li.bad{{color:#a3161b}}im
 <h2>What happened</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in lines)}</ul>
 <h2>What RL trained on</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in signal)}</ul>
 <h2>Stage times</h2><p>{html.escape(timing)}</p>
-<h2>Example trajectories ({html.escape(example_model)}, greedy)</h2>{_examples(folder, example_model)}
+<h2>Example trajectories ({html.escape(example_model)}, greedy)</h2>{examples}
 </body></html>"""
     path = folder / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -124,10 +124,10 @@ def score_groups(
     in ``bad_inputs`` and left out of the rewards, the metrics and the batch."""
     scores = GroupScores()
     groups = [list(trajectories[q * group_size : (q + 1) * group_size]) for q in range(len(items))]
-    usable = [t for g in groups if not all(t.finish_reason == "bad_input" for t in g) for t in g]
-    batch_rapr = rapr([t.uses_tools for t in usable])  # the rescue bonus's R_B
-    for item, group in zip(items, groups, strict=True):
-        if all(t.finish_reason == "bad_input" for t in group):
+    bad = [all(t.finish_reason == "bad_input" for t in group) for group in groups]
+    batch_rapr = rapr([t.uses_tools for g, b in zip(groups, bad, strict=True) if not b for t in g])  # R_B
+    for item, group, is_bad in zip(items, groups, bad, strict=True):
+        if is_bad:
             scores.bad_inputs.append(f"{item.qid}: {group[0].error}")
             continue
         parts = group_rewards([rollout_facts(t, item) for t in group], reward, batch_rapr)
